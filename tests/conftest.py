@@ -1,0 +1,99 @@
+"""Shared fixtures. Ray-backed fixtures live in the stage test modules' conftest sections below."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real GSM8K / GSM-Plus / MMLU-Pro rows beside the checkout (`../shared/data`)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+TINY_TEACHER = REPO / "models" / "tiny-teacher"
+TINY_STUDENT = REPO / "models" / "tiny-student"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TINY_TEACHER)
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str  # GCS address, for ray.init / RAY_ADDRESS / serve run --address
+    dashboard: str  # HTTP address of the job server, for `ray job submit`
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole suite, started with the real `ray start --head` (so
+    jobs can be submitted to it) on loopback, and stopped at the end."""
+    import ray
+
+    from advdistill.cli import RAY_ENV_DEFAULTS
+
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           **RAY_ENV_DEFAULTS}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    bin_dir = Path(sys.executable).parent
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"  # jobs run this venv's python
+    port, dashboard = free_port(), free_port()
+    # Logical CPUs above the 2 real ones: a generation actor, scoring tasks, two Train workers and
+    # Serve replicas must all be schedulable side by side (FIELD-NOTES).
+    subprocess.run([str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--num-cpus=6", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                   check=True, env=dict(os.environ), stdout=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV_DEFAULTS}})
+    try:
+        yield RayCluster(address, f"http://127.0.0.1:{dashboard}")
+    finally:
+        ray.shutdown()
+        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=dict(os.environ), stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from advdistill.config import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml", [f"teacher={TINY_TEACHER}", f"student={TINY_STUDENT}"])
+
+
+@pytest.fixture(scope="session")
+def offline_test_metrics(ray_cluster, tiny_cfg, tmp_path_factory):
+    """The offline evaluator's figures for the tiny student on 16 synthetic test problems."""
+    from advdistill.config import DatasetConfig
+    from advdistill.evaluation.evaluator import evaluate
+
+    out = tmp_path_factory.mktemp("eval-student")
+    metrics = evaluate(tiny_cfg, str(TINY_STUDENT), DatasetConfig(name="synthetic", split="test", limit=16), out)
+    return out, metrics

@@ -1,0 +1,58 @@
+"""Typed configs: SPEC defaults, YAML loading, overrides, errors, every shipped config valid."""
+
+from pathlib import Path
+
+import pytest
+
+from advdistill.config import ConfigError, ExperimentConfig, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_spec_values():
+    c = ExperimentConfig()
+    assert (c.reward.w_cos, c.reward.w_fmt, c.reward.max_len) == (2.0, 1.0, 2048)
+    assert (c.reward.correct_start, c.reward.correct_end, c.reward.wrong_start, c.reward.wrong_end) == (1.0, 0.5, -0.5, -1.0)
+    assert (c.advantage.eps, c.advantage.bessel) == (1e-4, True)
+    assert (c.train.loss.tau, c.train.loss.lam, c.train.loss.delta) == (0.5, 0.5, 1e-5)
+    s = c.curate.sampling
+    assert (s.n, s.temperature, s.top_p, s.max_tokens) == (8, 0.9, 1.0, 2048)
+    t = c.train
+    assert (t.lr, t.weight_decay, t.epochs, t.warmup_ratio, t.max_grad_norm, t.grad_accum, t.max_seq_len, t.val_every) == (
+        5e-6, 0.01, 4, 0.05, 0.5, 16, 2048, 400)
+    assert c.prompt.few_shot == 4 and c.eval.temperature == 0.0 and c.eval.max_tokens == 2048
+    assert c.teacher == "Qwen/Qwen2.5-7B" and c.student == "Qwen/Qwen2.5-1.5B"
+
+
+def test_overrides_parse_yaml_values():
+    c = load_config(None, ["train.lr=1e-3", "train.mode=sft", "curate.dataset.limit=5", "train.responses_per_group=null"])
+    assert c.train.lr == 1e-3 and c.train.mode == "sft" and c.curate.dataset.limit == 5
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["train.lrr=1"], "lrr"),
+        (["train.mode=rl"], "mode"),
+        (["curate.sampling.n=0"], "n"),
+        (["reward.max_len=100"], "L_max"),
+        (["nonsense"], "dotted.key=value"),
+        (["train.lr.x=1"], "train.lr"),
+        (["train.lr=1e-3", "train.lr.x=1"], "not a section"),
+    ],
+)
+def test_bad_overrides_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_tiny_config_loads():
+    c = load_config(REPO / "configs" / "tiny.yaml")
+    assert c.teacher == "models/tiny-teacher" and c.curate.dataset.name == "synthetic"
+    assert c.reward.max_len == c.curate.sampling.max_tokens
