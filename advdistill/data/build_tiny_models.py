@@ -1,0 +1,338 @@
+"""Build the embedded tiny teacher and student (`models/tiny-teacher`, `models/tiny-student`).
+
+    python -m advdistill.data.build_tiny_models            # tokenizer, both models, model cards
+
+1. A byte-level BPE tokenizer trained on the synthetic task (digits are single tokens; the
+   template tags are tokens; a Qwen-style chat template), shared by both models.
+2. Two `Qwen2ForCausalLM` models trained from scratch on zero-shot chat prompts of the synthetic
+   train split plus bare arithmetic drills: a teacher, and a smaller, shorter-trained student
+   base. Both learn the template; the teacher computes more answers right.
+3. Both are measured as the issue asks (temperature 0.9, 8 samples, 200 test / 200 OOD problems)
+   and the figures written into each folder's README.md (the model card).
+
+Deterministic for a given machine: fixed seeds, fixed data order, fixed thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from advdistill.config import load_config
+from advdistill.data.synthetic import Difficulty, arithmetic_drills, make_split
+from advdistill.prompts import build_prompt
+
+REPO = Path(__file__).resolve().parents[2]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TEMPLATE_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    steps: int  # length of the cosine schedule (and the most steps taken)
+    batch_rows: int  # rows of ROW_TOKENS packed tokens per optimizer step
+    lr: float
+    seed: int
+    # Stop early once the sampled accuracy on held-out validation problems reaches this
+    # (checked every `check_every` steps from `min_steps`): the teacher must be right only
+    # sometimes, and where training lands depends on the machine's numerics.
+    target_accuracy: float | None = None
+    min_steps: int = 0
+    check_every: int = 100
+
+
+TEACHER = ModelSpec("tiny-teacher", hidden=128, layers=4, heads=4, kv_heads=2, intermediate=512,
+                    steps=2000, batch_rows=12, lr=3e-3, seed=1, target_accuracy=0.5, min_steps=900, check_every=100)
+STUDENT = ModelSpec("tiny-student", hidden=64, layers=2, heads=2, kv_heads=1, intermediate=256,
+                    steps=1500, batch_rows=12, lr=3e-3, seed=2)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out: Path):
+    """Byte-level BPE (any text encodes), digits split into single tokens, template tags whole."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    # Not "special": vLLM and transformers skip special tokens when decoding, and the template
+    # tags must survive into the response text.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TEMPLATE_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1024,
+    )
+    fast.save_pretrained(out)
+    return fast
+
+
+def encode_examples(tokenizer, prompts: list[str], responses: list[str]) -> list[tuple[list[int], int]]:
+    """(prompt + response + EOS ids, prompt length) per example."""
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [(p + r + [tokenizer.eos_token_id], len(p)) for p, r in zip(p_ids, r_ids)]
+
+
+ROW_TOKENS = 512  # training rows are packed to this length
+
+
+def packed_batches(examples: list[tuple[list[int], int]], rows: int, pad_id: int, rng: random.Random):
+    """Endless batches of `rows` rows of ROW_TOKENS tokens, examples packed whole into rows
+    (no padding waste, one shape); loss only on response tokens. Examples attend to earlier
+    ones in their row, which the model learns to ignore (standard pretraining packing)."""
+    order: list[int] = []
+    while True:
+        input_ids = torch.full((rows, ROW_TOKENS), pad_id, dtype=torch.long)
+        labels = torch.full((rows, ROW_TOKENS), -100, dtype=torch.long)
+        for row in range(rows):
+            used = 0
+            while True:
+                if not order:
+                    order = list(range(len(examples)))
+                    rng.shuffle(order)
+                ids, prompt_len = examples[order[-1]]
+                if used + len(ids) > ROW_TOKENS:
+                    break
+                order.pop()
+                input_ids[row, used : used + len(ids)] = torch.tensor(ids)
+                labels[row, used + prompt_len : used + len(ids)] = torch.tensor(ids[prompt_len:])
+                used += len(ids)
+        yield input_ids, labels
+
+
+@torch.no_grad()
+def sampled_accuracy(model, tokenizer, prompts: list[str], references: list[str], samples: int, max_tokens: int) -> float:
+    """Per-sample accuracy at temperature 0.9 (one batched transformers `generate`)."""
+    from advdistill.scoring import is_correct
+
+    model.eval()
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, temperature=0.9, top_p=1.0, top_k=0, max_new_tokens=max_tokens,
+                         num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    model.train()
+    hits = [is_correct(t, references[i // samples], "synthetic") for i, t in enumerate(texts)]
+    return sum(hits) / len(hits)
+
+
+def train_model(spec: ModelSpec, tokenizer, examples, out: Path, validation=None, log_every: int = 200):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(spec.seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, spec.steps // 50)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return spec.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, spec.steps - warmup)
+        return spec.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    batches = packed_batches(examples, spec.batch_rows, tokenizer.pad_token_id, random.Random(spec.seed))
+    model.train()
+    start, running = time.time(), 0.0
+    for step in range(spec.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        input_ids, labels = next(batches)
+        loss = model(input_ids=input_ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running += loss.item()
+        if (step + 1) % log_every == 0:
+            print(f"[{spec.name}] step {step + 1}/{spec.steps} loss {running / log_every:.4f} "
+                  f"lr {lr_at(step):.2e} {time.time() - start:.0f}s", flush=True)
+            running = 0.0
+        if spec.target_accuracy is not None and validation and step + 1 >= spec.min_steps and (step + 1) % spec.check_every == 0:
+            accuracy = sampled_accuracy(model, tokenizer, *validation)
+            print(f"[{spec.name}] step {step + 1}: validation per-sample accuracy {accuracy:.3f}", flush=True)
+            if accuracy >= spec.target_accuracy:
+                stopped_at = step + 1
+                break
+    else:
+        stopped_at = spec.steps
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"parameters": params, "train_seconds": round(time.time() - start, 1), "steps_taken": stopped_at}
+
+
+def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
+    """Per-sample accuracy, mixed-group share and template rate at temperature 0.9."""
+    from advdistill.scoring import format_reward, score_group
+    from advdistill.teacher.engines import GenerationParams, make_engine
+
+    engine = make_engine(str(model_dir), cfg.curate.engine)
+    params = GenerationParams(n=samples, temperature=0.9, top_p=1.0, max_tokens=cfg.curate.sampling.max_tokens)
+    result = {}
+    for split in ("test", "ood"):
+        records = make_split(split, n_problems, seed=0)
+        prompts = [build_prompt(engine.tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in records]
+        outputs = engine.generate(prompts, params, seeds=list(range(len(prompts))))
+        correct, mixed, fmt, by_type = 0, 0, 0, {}
+        for record, outs in zip(records, outputs):
+            scored = score_group([o.text for o in outs], [o.num_tokens for o in outs],
+                                 [o.finish_reason for o in outs], record["reference"], "synthetic",
+                                 cfg.reward, cfg.advantage)
+            k = sum(scored["correct"])
+            correct += k
+            mixed += 0 < k < samples
+            fmt += sum(format_reward(o.text) for o in outs)
+            kind = record["meta"]["perturbation_type"]
+            if kind:
+                by_type.setdefault(kind, []).append(k / samples)
+        total = len(records) * samples
+        result[split] = {
+            "per_sample_accuracy": round(correct / total, 4),
+            "mixed_groups": round(mixed / len(records), 4),
+            "template_followed": round(fmt / total, 4),
+        }
+        if by_type:
+            result[split]["by_perturbation"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())}
+    del engine
+    return result
+
+
+MODEL_CARD = """# {name}
+
+A tiny `Qwen2ForCausalLM` ({parameters:,} parameters: hidden {hidden}, {layers} layers, {heads} heads,
+{kv_heads} KV heads, intermediate {intermediate}) trained from scratch for AdvDistill's embedded default
+run. {role}
+
+## How it was made
+
+`python -m advdistill.data.build_tiny_models` (this repository): a byte-level BPE tokenizer (vocab
+{vocab}) trained on the synthetic task, then {steps_taken} AdamW steps ({batch_rows} packed rows of 512 tokens each, peak lr {lr},
+a cosine schedule over {steps} steps, seed {seed}; stop once the sampled accuracy on 40 held-out
+problems reaches {target_accuracy}, checked every {check_every} steps from step {min_steps}) on zero-shot chat prompts of the synthetic train split plus
+arithmetic drills; {train_seconds:.0f} s on {threads} CPU threads. The prompt is the `prompt.system_prompt`
+of `configs/tiny.yaml`.
+
+## Measured accuracy
+
+Temperature 0.9, top-p 1.0, no top-k, {samples} samples per problem, {n_problems} `test` and
+{n_problems} `ood` problems (`advdistill.data.synthetic.make_split(..., seed=0)`), engine `{engine}`:
+
+```json
+{metrics}
+```
+
+Not a useful model for anything but exercising the pipeline on a CPU.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "models"), help="folder for tiny-teacher/ and tiny-student/")
+    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"), help="the prompt and sampling settings")
+    parser.add_argument("--train-problems", type=int, default=40000)
+    parser.add_argument("--drills", type=int, default=20000)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
+    parser.add_argument("--student-steps", type=int, default=STUDENT.steps)
+    parser.add_argument("--eval-problems", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["teacher", "student"], default=None, help="build one model (tokenizer is rebuilt)")
+    parser.add_argument("--skip-eval", action="store_true")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    out = Path(args.out)
+    difficulty = Difficulty()
+    records = make_split("train", args.train_problems, seed=0, difficulty=difficulty)
+    drills = arithmetic_drills(args.drills, seed=0, difficulty=difficulty)
+
+    tok_dir = out / "_tokenizer"
+    corpus = [r["question"] + "\n" + r["meta"]["solution"] for r in records] + [q + "\n" + a for q, a in drills]
+    corpus += [cfg.prompt.system_prompt] * 100
+    tokenizer = train_tokenizer(corpus, args.vocab, tok_dir)
+    prompts = [build_prompt(tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in records]
+    prompts += [build_prompt(tokenizer, {"task": "synthetic", "question": q}, few_shot=0, prompt_cfg=cfg.prompt) for q, _ in drills]
+    responses = [r["meta"]["solution"] for r in records] + [a for _, a in drills]
+    examples = encode_examples(tokenizer, prompts, responses)
+    print(f"{len(examples)} examples, mean {sum(len(e[0]) for e in examples) / len(examples):.0f} tokens, vocab {len(tokenizer)}", flush=True)
+
+    # Early-stopping check on held-out problems (seed 1, not the measured seed-0 test split).
+    held_out = make_split("test", 40, seed=1, difficulty=difficulty)
+    validation = ([build_prompt(tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in held_out],
+                  [r["reference"] for r in held_out], 8, cfg.curate.sampling.max_tokens)
+
+    specs = {"teacher": TEACHER, "student": STUDENT}
+    specs["teacher"].steps, specs["student"].steps = args.teacher_steps, args.student_steps
+    for role, spec in specs.items():
+        if args.only and role != args.only:
+            continue
+        folder = out / spec.name
+        info = train_model(spec, tokenizer, examples, folder, validation=validation)
+        metrics = {} if args.skip_eval else measure(folder, cfg, args.eval_problems, args.samples)
+        print(json.dumps({spec.name: metrics}, indent=1), flush=True)
+        from advdistill.teacher.engines import vllm_available
+
+        description = ("The teacher: its samples are sometimes right and sometimes wrong." if role == "teacher"
+                       else "The student base: smaller and trained shorter than the teacher.")
+        (folder / "README.md").write_text(MODEL_CARD.format(
+            role=description, vocab=len(tokenizer), threads=args.threads,
+            samples=args.samples, n_problems=args.eval_problems,
+            engine="vllm" if vllm_available() else "transformers",
+            metrics=json.dumps(metrics, indent=2), **asdict(spec), **info))
+        (folder / "build_info.json").write_text(json.dumps({"spec": asdict(spec), **info, "metrics": metrics}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
