@@ -1,0 +1,124 @@
+"""From a groups-table row to the tensors of one micro-batch (one group) — pure, no Ray.
+
+A group is tokenised as the *zero-shot student prompt* followed by each response and EOS; prompt
+tokens are masked out of the loss, and a response that does not fit in `max_seq_len` is cut (the
+cut is recorded). `responses_per_group` K' < K keeps the first K' responses and recomputes their
+advantages (the paper's 3-response ablation); SFT keeps the best response only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from advdistill.config import ExperimentConfig
+from advdistill.loss import IGNORE_INDEX
+from advdistill.prompts import build_prompt
+from advdistill.scoring import best_response, group_advantages
+
+
+def select_responses(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, list[Any]]:
+    """The responses a group trains on, with their advantages and correctness."""
+    responses, rewards = list(row["responses"]), list(row["rewards"])
+    correct, lengths = list(row["correct"]), list(row["token_lengths"])
+    advantages = list(row["advantages"])
+    k = cfg.train.responses_per_group
+    if k is not None and k < len(responses):
+        responses, rewards, correct, lengths = responses[:k], rewards[:k], correct[:k], lengths[:k]
+        advantages = group_advantages(rewards, eps=cfg.advantage.eps, bessel=cfg.advantage.bessel).tolist()
+    if cfg.train.mode == "sft":
+        best = best_response(advantages, lengths)
+        responses, advantages, correct = [responses[best]], [advantages[best]], [correct[best]]
+    return {"responses": responses, "advantages": advantages, "correct": correct}
+
+
+def tokenize_group(row: dict[str, Any], tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Token ids of one group: the shared prompt and each response (EOS appended, cut to fit)."""
+    record = {"task": row["task"], "question": row["question"], "choices": row.get("choices")}
+    prompt = build_prompt(tokenizer, record, few_shot=0, prompt_cfg=cfg.prompt)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    chosen = select_responses(row, cfg)
+    budget = cfg.train.max_seq_len - len(prompt_ids)
+    if budget < 1:
+        raise ValueError(f"group {row['id']}: the prompt alone ({len(prompt_ids)} tokens) fills max_seq_len")
+    encoded = tokenizer(chosen["responses"], add_special_tokens=False)["input_ids"]
+    response_ids, truncated = [], []
+    for ids in encoded:
+        ids = ids + [tokenizer.eos_token_id]
+        truncated.append(len(ids) > budget)
+        response_ids.append(ids[:budget])
+    return {
+        "id": row["id"],
+        "prompt_ids": prompt_ids,
+        "response_ids": response_ids,
+        "advantages": [float(a) for a in chosen["advantages"]],
+        "correct": [bool(c) for c in chosen["correct"]],
+        "truncated": truncated,
+    }
+
+
+def group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
+    """One group as N right-padded sequences `prompt + response_i`; labels hold the response
+    tokens and IGNORE_INDEX elsewhere."""
+    prompt = list(group["prompt_ids"])
+    sequences = [prompt + list(r) for r in group["response_ids"]]
+    width = max(len(s) for s in sequences)
+    n = len(sequences)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(prompt) : len(seq)] = torch.tensor(seq[len(prompt) :])
+        attention_mask[i, : len(seq)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "advantages": torch.tensor(group["advantages"], dtype=torch.float32),
+        "correct": torch.tensor(group["correct"], dtype=torch.bool),
+    }
+
+
+def packed_group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
+    """One group as ONE sequence: the prompt once, then every response (shared-prefix packing).
+
+    Each response attends to the prompt and to its own earlier tokens only (a block attention
+    mask), and its positions continue from the end of the prompt, so its log-probs equal those of
+    `prompt + response` on its own; the prompt is computed once instead of N times. The first
+    token of every response is predicted from the prompt's last position; `gather_index` says
+    which position predicts each response token ((N, R) like the labels)."""
+    prompt = list(group["prompt_ids"])
+    responses = [list(r) for r in group["response_ids"]]
+    p, n, width = len(prompt), len(responses), max(len(r) for r in responses)
+    ids, positions, segment = list(prompt), list(range(p)), [-1] * p
+    gather = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i, response in enumerate(responses):
+        start = len(ids)
+        ids += response
+        positions += range(p, p + len(response))
+        segment += [i] * len(response)
+        # token j of response i is predicted from position start + j - 1 (the prompt's last for j = 0)
+        gather[i, : len(response)] = torch.tensor([p - 1] + list(range(start, start + len(response) - 1)))
+        labels[i, : len(response)] = torch.tensor(response)
+    seg = torch.tensor(segment)
+    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    visible = causal & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None]))
+    return {
+        "input_ids": torch.tensor([ids]),
+        "position_ids": torch.tensor([positions]),
+        "block_mask": visible[None, None],  # (1, 1, L, L), True = may attend
+        "gather_index": gather,
+        "labels": labels,
+        "advantages": torch.tensor(group["advantages"], dtype=torch.float32),
+        "correct": torch.tensor(group["correct"], dtype=torch.bool),
+    }
+
+
+def group_tokens(group: dict[str, Any], packed: bool = False) -> int:
+    """Tokens the model reads for a group: N separate sequences, or one packed sequence."""
+    responses = sum(len(r) for r in group["response_ids"])
+    prompts = len(group["prompt_ids"]) * (1 if packed else len(group["response_ids"]))
+    return prompts + responses

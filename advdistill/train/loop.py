@@ -1,0 +1,268 @@
+"""The training loop each Ray Train worker runs (SPEC §6, paper Appendix B).
+
+Data order is deterministic: every worker holds the (small) tokenised groups table, each epoch is
+a seeded permutation of it, and worker r takes every W-th group. An optimizer step is
+`grad_accum` groups per worker (micro-batch = 1 group), so a resumed run — from a checkpoint's
+global step — replays exactly the same micro-batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advdistill.config import ExperimentConfig
+from advdistill.loss import LossTerms, advdistill_loss_terms, sft_loss
+from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
+from advdistill.train.model import ResponseLogProbs, shard_fsdp2
+
+TRAINER_STATE = "trainer_state.json"
+HF_EXPORT = "hf"
+METRICS_FILE = "metrics.jsonl"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by `train.fail_at_step` to exercise recovery from checkpoints."""
+
+
+def epoch_order(n_groups: int, epoch: int, seed: int) -> list[int]:
+    order = list(range(n_groups))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def steps_per_epoch(n_groups: int, world: int, grad_accum: int) -> int:
+    """Whole optimizer steps per epoch (the remainder groups of an epoch are skipped, as with
+    drop_last, so every worker runs the same number of collectives)."""
+    return n_groups // (world * grad_accum)
+
+
+MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "block_mask", "gather_index")
+
+
+def make_batch(group: dict[str, Any], cfg: ExperimentConfig, pad_id: int) -> dict[str, torch.Tensor]:
+    """A group's tensors in the configured layout (separate sequences or shared-prefix packed)."""
+    return packed_group_batch(group, pad_id) if cfg.train.shared_prefix_packing else group_batch(group, pad_id)
+
+
+def loss_terms(model: ResponseLogProbs, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> LossTerms:
+    logprobs, mask = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    if cfg.train.mode == "sft":
+        loss = sft_loss(logprobs, mask)
+        zero = loss.detach() * 0
+        return LossTerms(loss, loss.detach(), zero, zero)
+    lc = cfg.train.loss
+    return advdistill_loss_terms(logprobs, mask, batch["advantages"], batch["correct"], tau=lc.tau, lam=lc.lam, delta=lc.delta)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _load_table(name: str) -> list[dict[str, Any]]:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(name)
+    if shard is None:
+        return []
+    rows = [row for batch in shard.iter_batches(batch_format="pyarrow", batch_size=None) for row in batch.to_pylist()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only, not on biases and norm weights (as transformers' Trainer)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+    cfg = ExperimentConfig.model_validate(loop_config["cfg"])
+    student: str = loop_config["student"]
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(tc.seed)
+
+    train_groups, val_groups = _load_table("train"), _load_table("val")
+    n_steps_epoch = steps_per_epoch(len(train_groups), world, tc.grad_accum)
+    if n_steps_epoch == 0:
+        raise ValueError(f"{len(train_groups)} training groups cannot fill one optimizer step of "
+                         f"{world} workers x grad_accum {tc.grad_accum}")
+    total_steps = n_steps_epoch * tc.epochs
+    if tc.max_steps is not None:
+        total_steps = min(total_steps, tc.max_steps)
+
+    lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    lm.config.use_cache = False
+    model = ResponseLogProbs(lm, chunk_size=tc.loss.chunk_size).to(device)
+    model = shard_fsdp2(model, device.type, world, bf16=tc.bf16 and on_gpu)
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total_steps), total_steps)
+    pad_id = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
+
+    global_step, history, resumed = 0, [], False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            global_step, history = _restore(Path(folder), model, optimizer, scheduler)
+        resumed = True
+        if rank == 0:
+            print(f"[train] resumed from step {global_step}", flush=True)
+
+    def report(metrics: dict[str, Any], *, save: bool, export: bool) -> None:
+        history.append(metrics)
+        if not save:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            _save(Path(tmp), model, optimizer, scheduler, global_step, history, rank)
+            if export:
+                _export_hf(Path(tmp) / HF_EXPORT, model, lm, student, rank)
+            dist.barrier()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    val_loss = None
+    tokens_seen = history[-1]["tokens"] if history else 0
+    start_epoch = global_step // n_steps_epoch
+    for epoch in range(start_epoch, tc.epochs):
+        if global_step >= total_steps:
+            break
+        mine = epoch_order(len(train_groups), epoch, tc.seed)[rank::world][: n_steps_epoch * tc.grad_accum]
+        first = global_step - epoch * n_steps_epoch
+        for step_in_epoch in range(first, n_steps_epoch):
+            t0 = time.perf_counter()
+            sums = torch.zeros(5, dtype=torch.float64)
+            micro = mine[step_in_epoch * tc.grad_accum : (step_in_epoch + 1) * tc.grad_accum]
+            for i, index in enumerate(micro):
+                group = train_groups[index]
+                # Reduce-scatter gradients once per optimizer step, not per micro-batch.
+                model.set_requires_gradient_sync(i == len(micro) - 1)
+                terms = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
+                (terms.total / len(micro)).backward()
+                sums += torch.tensor([terms.total.item(), terms.weighted_ce.item(), terms.contrastive.item(),
+                                      terms.weight_entropy.item(), group_tokens(group, tc.shared_prefix_packing)],
+                                     dtype=torch.float64)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+
+            totals = _all_reduce_sum(sums, device)
+            seconds = time.perf_counter() - t0
+            n_micro = len(micro) * world
+            tokens_seen += int(totals[4])
+            metrics = {
+                "step": global_step, "epoch": epoch + (step_in_epoch + 1) / n_steps_epoch,
+                "loss": totals[0] / n_micro, "weighted_ce": totals[1] / n_micro,
+                "contrastive": totals[2] / n_micro, "weight_entropy": totals[3] / n_micro,
+                "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                "lr": scheduler.get_last_lr()[0], "tokens_per_s": totals[4] / seconds, "tokens": tokens_seen,
+                "step_seconds": seconds,
+            }
+            if tc.fail_at_step == global_step and not resumed:
+                raise InjectedFailure(f"injected failure at step {global_step} (train.fail_at_step)")
+            epoch_end = step_in_epoch == n_steps_epoch - 1 or global_step >= total_steps
+            if val_groups and (global_step % tc.val_every == 0 or epoch_end):
+                val_loss = _validate(model, val_groups, cfg, rank, world, device, pad_id)
+                metrics["val_loss"] = val_loss
+            if rank == 0:
+                extra = f" val {val_loss:.4f}" if "val_loss" in metrics else ""
+                print(f"[train] step {global_step}/{total_steps} epoch {metrics['epoch']:.2f} loss {metrics['loss']:.4f}"
+                      f" ce {metrics['weighted_ce']:.4f} contrastive {metrics['contrastive']:.4f}"
+                      f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s{extra}", flush=True)
+            save = epoch_end or global_step % tc.checkpoint_every == 0
+            report(metrics, save=save, export=epoch_end)
+            if global_step >= total_steps:
+                break
+
+
+def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    t = values.to(device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+@torch.no_grad()
+def _validate(model, groups, cfg, rank, world, device, pad_id) -> float:
+    """Mean loss over the held-out groups. Every worker runs the same number of forwards (FSDP
+    all-gathers are collectives); a worker short of groups repeats one with weight 0."""
+    per_rank = math.ceil(len(groups) / world)
+    mine = groups[rank::world]
+    total = torch.zeros(2, dtype=torch.float64)
+    for i in range(per_rank):
+        weight = 1.0 if i < len(mine) else 0.0
+        group = mine[i] if i < len(mine) else groups[0]
+        terms = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
+        total += torch.tensor([weight * terms.total.item(), weight], dtype=torch.float64)
+    loss_sum, count = _all_reduce_sum(total, device)
+    return loss_sum / max(count, 1.0)
+
+
+def _save(folder: Path, model, optimizer, scheduler, global_step: int, history: list[dict], rank: int) -> None:
+    """Sharded model + optimizer (torch.distributed.checkpoint: each rank writes its own shard),
+    plus the scheduler, the step and the metrics so far (rank 0)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / "dcp"))
+    if rank == 0:
+        state = {"global_step": global_step, "scheduler": scheduler.state_dict()}
+        (folder / TRAINER_STATE).write_text(json.dumps(state))
+        (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
+
+
+def _restore(folder: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(folder / "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    trainer_state = json.loads((folder / TRAINER_STATE).read_text())
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    history = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
+    return trainer_state["global_step"], history
+
+
+def _export_hf(folder: Path, model, lm, student: str, rank: int) -> None:
+    """A plain transformers folder (weights + tokenizer), loadable by transformers and vLLM."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return
+    state = {k.removeprefix("lm."): v for k, v in full.items()}
+    export = AutoModelForCausalLM.from_config(lm.config, dtype=torch.float32)
+    missing, unexpected = export.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
+    export.generation_config = lm.generation_config
+    export.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(student).save_pretrained(folder)
+

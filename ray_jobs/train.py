@@ -1,0 +1,39 @@
+"""Distill: train the student on a groups table with the AdvDistill loss (or the SFT baseline)
+on Ray Train with FSDP2 (SPEC §6).
+
+    python ray_jobs/train.py --groups runs/curate --output runs/train-advdistill [--mode advdistill|sft]
+
+Writes OUTPUT/checkpoints/ (sharded, resumable), OUTPUT/final/ (a transformers folder with the
+tokenizer) and OUTPUT/metrics.jsonl. Rerunning with the same --output resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = make_parser(__doc__)
+    parser.add_argument("--groups", required=True, help="curate output folder (or its groups/ folder)")
+    parser.add_argument("--output", required=True, help="output folder (rerun the same to resume)")
+    parser.add_argument("--mode", choices=["advdistill", "sft"], help="loss (train.mode)")
+    parser.add_argument("--student", help="student model, hub id or folder (default: the config's)")
+    args = parser.parse_args(argv)
+    cfg = load_from_args(args, [f"train.mode={args.mode}"] if args.mode else [])
+
+    from advdistill.train.trainer import train
+
+    init_ray()
+    metrics = train(cfg, args.groups, args.output, student=args.student)
+    print(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Shared-prefix packing: one sequence per group gives the same per-response log-probs (and loss
+gradients) as N separate `prompt + response` sequences."""
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from advdistill.loss import advdistill_loss
+from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
+from advdistill.train.model import ResponseLogProbs
+
+INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "block_mask", "gather_index")
+
+
+def tiny_lm(attn: str) -> ResponseLogProbs:
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    config._attn_implementation = attn
+    return ResponseLogProbs(Qwen2ForCausalLM(config).double(), chunk_size=7)
+
+
+GROUP = {
+    "prompt_ids": [5, 6, 7, 8, 9, 10, 11],
+    "response_ids": [[20, 21, 22, 1], [30, 1], [40, 41, 42, 43, 44, 45, 1], [50]],
+    "advantages": [1.0, -0.5, 0.3, -0.8],
+    "correct": [True, False, True, False],
+}
+
+
+def per_response(model, batch):
+    logprobs, mask = model(**{k: batch[k] for k in INPUTS if k in batch})
+    return [logprobs[i][mask[i]] for i in range(mask.shape[0])], logprobs, mask
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logprobs_equal_separate_sequences(attn):
+    model = tiny_lm(attn)
+    separate, _, _ = per_response(model, group_batch(GROUP, pad_id=0))
+    packed, _, _ = per_response(model, packed_group_batch(GROUP, pad_id=0))
+    for a, b, response in zip(separate, packed, GROUP["response_ids"]):
+        assert a.shape == b.shape == (len(response),)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+
+
+def test_packed_loss_has_the_same_gradients():
+    model = tiny_lm("sdpa")
+    grads = []
+    for make in (group_batch, packed_group_batch):
+        model.zero_grad()
+        batch = make(GROUP, pad_id=0)
+        _, logprobs, mask = per_response(model, batch)
+        advdistill_loss(logprobs, mask, batch["advantages"].double(), batch["correct"]).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_packing_reads_the_prompt_once():
+    assert group_tokens(GROUP, packed=False) == 4 * 7 + 14
+    assert group_tokens(GROUP, packed=True) == 7 + 14
+    batch = packed_group_batch(GROUP, pad_id=0)
+    assert batch["input_ids"].shape == (1, 21)
+    assert batch["position_ids"][0].tolist()[7:11] == [7, 8, 9, 10]  # response 0 continues the prompt
+    assert batch["position_ids"][0].tolist()[11:13] == [7, 8]  # and so does response 1
+    mask = batch["block_mask"][0, 0]
+    assert mask[12, :7].all() and not mask[12, 7:11].any() and mask[12, 11:13].all()

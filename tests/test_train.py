@@ -1,0 +1,124 @@
+"""Distillation on Ray Train: FSDP2 over 2 gloo workers, the tiny student, real checkpoints."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from advdistill.config import ExperimentConfig
+from advdistill.train.collate import group_batch, tokenize_group
+from advdistill.train.loop import _param_groups, epoch_order, loss_terms
+from advdistill.train.model import ResponseLogProbs
+from advdistill.train.trainer import groups_folder, train
+
+from conftest import TINY_STUDENT
+from groups_fixture import write_groups
+
+
+def train_cfg(base: ExperimentConfig, **train) -> ExperimentConfig:
+    settings = {"epochs": 2, "grad_accum": 2, "num_workers": 2, "val_fraction": 0.0, "checkpoint_every": 2,
+                "warmup_ratio": 0.0, "lr": 1e-3, **train}
+    return base.model_copy(update={"train": base.train.model_copy(update=settings)})
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory, tiny_tokenizer, tiny_cfg):
+    return write_groups(tmp_path_factory.mktemp("groups"), tiny_tokenizer, tiny_cfg, n=24)
+
+
+@pytest.fixture(scope="module")
+def tokenized(groups, tiny_cfg, tiny_tokenizer):
+    import pyarrow.parquet as pq
+
+    rows = [r for f in sorted(groups_folder(groups).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def mean_loss(model_dir, rows, cfg) -> float:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)).eval()
+    with torch.no_grad():
+        losses = [loss_terms(model, group_batch(tokenize_group(r, tokenizer, cfg), tokenizer.pad_token_id), cfg).total.item()
+                  for r in rows]
+    return sum(losses) / len(losses)
+
+
+def read_metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def advdistill_run(ray_cluster, groups, tiny_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-advdistill")
+    cfg = train_cfg(tiny_cfg, max_steps=6)
+    return out, train(cfg, groups, out), cfg
+
+
+@pytest.mark.parametrize("mode", ["advdistill", "sft"])
+def test_training_lowers_the_loss(mode, advdistill_run, ray_cluster, groups, tokenized, tiny_cfg, tmp_path):
+    if mode == "advdistill":
+        out, metrics, cfg = advdistill_run
+    else:
+        out, cfg = tmp_path, train_cfg(tiny_cfg, mode="sft", max_steps=6)
+        metrics = train(cfg, groups, out)
+    assert metrics["step"] == 6 and metrics["mode"] == mode
+    assert mean_loss(out / "final", tokenized, cfg) < 0.95 * mean_loss(TINY_STUDENT, tokenized, cfg)
+    steps = [m["step"] for m in read_metrics(out)]
+    assert steps == list(range(1, 7))
+
+
+def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_cfg):
+    out, _, _ = advdistill_run
+    final = out / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    ids = tokenizer("<think>", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+    from advdistill.teacher.engines import GenerationParams, VLLMEngine
+
+    engine = VLLMEngine(str(final), tiny_cfg.eval.engine)
+    [[completion]] = engine.generate(["<|im_start|>user\nTom has 3 apples. He buys 2 more. How many apples does Tom "
+                                      "have now?<|im_end|>\n<|im_start|>assistant\n"], GenerationParams(max_tokens=64))
+    assert completion.num_tokens > 0 and completion.text
+
+
+def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups, tokenized, tiny_cfg, tmp_path):
+    cfg = train_cfg(tiny_cfg, max_steps=1, grad_accum=3)
+    metrics = train(cfg, groups, tmp_path)
+
+    # The same step in this process, without FSDP: both workers' micro-batches, averaged.
+    tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
+    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    order = epoch_order(len(tokenized), 0, cfg.train.seed)
+    micro = [i for rank in range(2) for i in order[rank::2][:3]]
+    total = 0.0
+    for index in micro:
+        batch = group_batch(tokenize_group(tokenized[index], tokenizer, cfg), tokenizer.pad_token_id)
+        loss = loss_terms(model, batch, cfg).total
+        (loss / len(micro)).backward()
+        total += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+    optimizer.step()
+
+    assert metrics["loss"] == pytest.approx(total / len(micro), rel=1e-5)
+    assert metrics["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-4)
+    # Adam's first step moves every weight by about lr; near-zero gradients make the last bits of
+    # some updates differ, so equality is judged at 1% of the step.
+    stepped = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).state_dict()
+    for name, value in model.lm.state_dict().items():
+        torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.lr, msg=name)
+
+
+def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_cluster, groups, tmp_path):
+    reference, _, cfg = advdistill_run
+    failing = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fail_at_step": 5})})
+    metrics = train(failing, groups, tmp_path)
+    assert metrics["step"] == 6
+    assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 7))  # no step twice, none lost
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    uninterrupted = AutoModelForCausalLM.from_pretrained(reference / "final").state_dict()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-7, msg=name)
