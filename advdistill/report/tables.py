@@ -1,0 +1,75 @@
+"""Markdown tables of a run: the paper's Table 1 shape, behaviour, cost. Pure functions over the
+metrics dicts the evaluator writes."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+MODEL_LABELS = {"teacher": "Teacher", "base": "Student base", "sft": "Student SFT", "advdistill": "Student AdvDistill"}
+
+
+def model_label(name: str) -> str:
+    """Table label of a run's model key (`sft@Qwen2.5-3B` → `Qwen2.5-3B SFT`)."""
+    if "@" in name:
+        kind, slug = name.split("@", 1)
+        return f"{slug} {'SFT' if kind == 'sft' else 'base'}"
+    return MODEL_LABELS.get(name, name)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_table(results: dict[str, dict[str, dict[str, Any]]], splits: Sequence[str], ood: Sequence[str]) -> str:
+    """Table 1: rows teacher / base / SFT / AdvDistill, a column per split (OOD marked *)."""
+    header = ["Model"] + [f"{s}*" if s in ood else s for s in splits]
+    rows = [[model_label(m)] + [_pct(results[m].get(s, {}).get("accuracy")) for s in splits] for m in results]
+    return markdown_table(header, rows)
+
+
+def behaviour_tables(results: dict[str, dict[str, dict[str, Any]]], splits: Sequence[str]) -> str:
+    """Verbosity and degeneracy split correct/incorrect, and template adherence, per split."""
+    out = []
+    for split in splits:
+        rows_v, rows_t = [], []
+        for model, per_split in results.items():
+            m = per_split.get(split)
+            if not m:
+                continue
+            rows_v.append([model_label(model), _num(m["mean_tokens_correct"]), _num(m["mean_tokens_incorrect"]),
+                           _num(m["verbosity_ratio"], 2), _num(m["degeneracy_correct"], 2), _num(m["degeneracy_incorrect"], 2)])
+            t = m["template"]
+            rows_t.append([model_label(model)] + [_pct(t[k]) for k in ("think", "answer", "boxed", "all")])
+        out.append(f"### {split}: verbosity and degeneracy\n\n" + markdown_table(
+            ["Model", "tokens (correct)", "tokens (incorrect)", "verbosity ratio", "seq-rep-4 ×100 (correct)",
+             "seq-rep-4 ×100 (incorrect)"], rows_v))
+        out.append(f"### {split}: template adherence\n\n" + markdown_table(
+            ["Model", "<think>", "<answer>", "\\boxed{}", "all three"], rows_t))
+    return "\n\n".join(out)
+
+
+def breakdown_table(results: dict[str, dict[str, dict[str, Any]]], split: str, key: str) -> str | None:
+    """Accuracy per perturbation type / category for one split, if the split has them."""
+    field = f"by_{key}"
+    groups = sorted({g for per in results.values() for g in (per.get(split, {}).get(field) or {})})
+    if not groups:
+        return None
+    rows = [[model_label(m)] + [_pct((per.get(split, {}).get(field) or {}).get(g, {}).get("accuracy")) for g in groups]
+            for m, per in results.items()]
+    return markdown_table(["Model"] + groups, rows)
+
+
+def cost_table(stages: dict[str, dict[str, Any]]) -> str:
+    rows = [[name, f"{s.get('tokens', 0):,}", _num(s.get("wall_seconds"), 1), _num(s.get("accelerator_hours"), 4),
+             "skipped (done earlier)" if s.get("skipped") else ""] for name, s in stages.items()]
+    return markdown_table(["Stage", "tokens", "wall s", "accelerator-hours", "note"], rows)

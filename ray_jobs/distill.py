@@ -1,0 +1,36 @@
+"""AdvDistill end to end: curate → train AdvDistill and the SFT baseline → evaluate teacher,
+student base, SFT and AdvDistill in and out of distribution → report (→ serve).
+
+    python ray_jobs/distill.py [--config configs/tiny.yaml] [--output runs/tiny] [--serve]
+    ray job submit --working-dir . -- python ray_jobs/distill.py --config configs/paper-gsm8k.yaml
+
+Writes OUTPUT/curate/, OUTPUT/train-advdistill/, OUTPUT/train-sft/, OUTPUT/eval/ and
+OUTPUT/report/ (report.md + PNGs). Rerunning with the same --output skips finished stages.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = make_parser(__doc__)
+    parser.add_argument("--output", help="output folder (default: runs/<config name>); rerun the same to continue")
+    parser.add_argument("--serve", action="store_true", help="serve the checkpoints on the evaluation API afterwards")
+    args = parser.parse_args(argv)
+    cfg = load_from_args(args)
+    output = args.output or str(Path("runs") / cfg.name)
+
+    from advdistill.pipeline import run
+
+    init_ray()
+    return run(cfg, output, serve=args.serve or cfg.serve.start_after_run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The whole method, submitted with the real `ray job submit` CLI to the suite's `ray start`
+cluster: every artefact appears, and a rerun skips the finished stages."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SHORT = [
+    "curate.dataset.limit=24", "train.epochs=1", "train.grad_accum=1", "train.checkpoint_every=1000",
+    "eval.test.limit=8", "eval.ood=[{name: synthetic, split: ood, limit: 10}]",
+]
+STAGES = ["curate", "train-advdistill", "train-sft", "eval-teacher", "eval-base", "eval-sft", "eval-advdistill"]
+
+
+def submit(cluster, output: Path) -> str:
+    ray = str(Path(sys.executable).parent / "ray")
+    cmd = [ray, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"]}),
+           "--", "python", "ray_jobs/distill.py", "--output", str(output)]
+    for override in SHORT:  # `ray job submit` runs the entrypoint through a shell
+        cmd += ["--set", shlex.quote(override)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def run(ray_cluster, tmp_path_factory):
+    output = tmp_path_factory.mktemp("distill") / "run"
+    return output, submit(ray_cluster, output)
+
+
+def test_every_artefact_is_produced(run):
+    output, log = run
+    assert json.loads((output / "curate" / "summary.json").read_text())["prompts_read"] == 24
+    assert list((output / "curate" / "groups").glob("*.parquet"))
+    for mode in ("advdistill", "sft"):
+        final = output / f"train-{mode}" / "final"
+        assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+        assert (output / f"train-{mode}" / "metrics.jsonl").read_text().strip()
+    for model in ("teacher", "base", "sft", "advdistill"):
+        for split in ("synthetic-test", "synthetic-ood"):
+            metrics = json.loads((output / "eval" / f"{model}-{split}" / "metrics.json").read_text())
+            assert metrics["n"] == (8 if split == "synthetic-test" else 10)
+            assert (output / "eval" / f"{model}-{split}" / "predictions.jsonl").is_file()
+    report = (output / "report" / "report.md").read_text()
+    for needle in ("Accuracy (paper Table 1 shape)", "Student AdvDistill", "synthetic-ood*", "verbosity", "template adherence",
+                   "Cost per stage", "advantages.png"):
+        assert needle in report
+    assert {p.name for p in (output / "report").glob("*.png")} >= {
+        "advantages.png", "correct-per-group.png", "verbosity-synthetic-test.png", "degeneracy-synthetic-ood.png",
+        "template-synthetic-test.png", "training-loss.png"}
+    manifest = json.loads((output / "run.json").read_text())
+    assert list(manifest["stages"]) == STAGES
+    assert "| Teacher |" in log  # the table is printed at the end of the job
+
+
+def test_rerun_skips_finished_stages(run, ray_cluster):
+    output, _ = run
+    before = (output / "train-advdistill" / "final" / "model.safetensors").stat().st_mtime
+    log = submit(ray_cluster, output)
+    for stage in STAGES:
+        assert f"[distill] {stage}: done earlier, skipped" in log
+    assert (output / "train-advdistill" / "final" / "model.safetensors").stat().st_mtime == before
+    assert all(s.get("skipped") for s in json.loads((output / "run.json").read_text())["stages"].values())

@@ -1,0 +1,59 @@
+"""Every shipped experiment config and the cluster config validate offline."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advdistill.config import load_config
+from advdistill.data.loaders import DATASETS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_the_expected_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "paper-gsm8k.yaml", "paper-open-s1.yaml", "paper-mmlu-pro.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_validates_and_references_loadable_data_and_models(path):
+    cfg = load_config(path)
+    for ds in [cfg.curate.dataset, cfg.eval.test, *cfg.eval.ood]:
+        assert ds.name == "synthetic" or ds.split in DATASETS[ds.name].hub_splits, (ds.name, ds.split)
+    for model in [cfg.teacher, cfg.student, *cfg.extra_sft_students]:
+        if model.startswith("models/"):  # the embedded models ship in the repository
+            assert (REPO / model / "config.json").is_file(), model
+        else:  # a hub id
+            assert model.count("/") == 1 and not model.startswith((".", "/")), model
+    assert cfg.reward.max_len == cfg.curate.sampling.max_tokens
+    assert cfg.train.num_workers >= 1 and cfg.train.grad_accum >= 1
+
+
+@pytest.mark.parametrize("name", ["paper-gsm8k", "paper-open-s1", "paper-mmlu-pro"])
+def test_paper_configs_follow_the_paper(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert (cfg.teacher, cfg.student, cfg.extra_sft_students) == ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-1.5B", ["Qwen/Qwen2.5-3B"])
+    s, t = cfg.curate.sampling, cfg.train
+    assert (s.n, s.temperature, s.top_p, s.max_tokens, cfg.curate.engine.max_model_len) == (8, 0.9, 1.0, 2048, 4096)
+    assert (t.lr, t.weight_decay, t.epochs, t.warmup_ratio, t.max_grad_norm, t.max_seq_len, t.val_every) == (
+        5e-6, 0.01, 4, 0.05, 0.5, 2048, 400)
+    assert t.num_workers * t.grad_accum == 16  # micro-batch 1 group x accumulation 16 (Appendix B)
+    assert cfg.curate.resources.use_gpu and t.resources.use_gpu and cfg.eval.resources.use_gpu and t.bf16
+    ood = {"paper-gsm8k": ["gsm_plus"], "paper-open-s1": ["open_rs"], "paper-mmlu-pro": []}[name]
+    assert [d.name for d in cfg.eval.ood] == ood
+
+
+def test_cluster_yaml_validates_against_the_autoscaler_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(raw))  # what `ray up` runs before touching a cloud
+    gpu = raw["available_node_types"]["gpu_worker"]
+    assert raw["provider"]["type"] == "aws" and gpu["min_workers"] == 0 and 0 < gpu["max_workers"] <= raw["max_workers"]
+    assert raw["idle_timeout_minutes"] > 0 and "InstanceMarketOptions" in gpu["node_config"]
+    assert any("[gpu]" in c for c in raw["setup_commands"])
+    start = " ".join(raw["head_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in start and "disabled" not in start
+    assert "--dashboard-host=$(hostname -I" in start and "0.0.0.0" not in start
+    assert "--http-host=$(hostname -I" in start
