@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -247,20 +248,28 @@ def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
     return result
 
 
-MODEL_CARD = """# {name}
+def model_card(folder: Path, role: str, vocab: int, threads: int, samples: int, n_problems: int, engine: str) -> str:
+    """README.md of a built model, from its build_info.json."""
+    info = json.loads((folder / "build_info.json").read_text())
+    spec, metrics = info["spec"], info["metrics"]
+    stopping = (f"; training stopped once the sampled accuracy on 40 held-out problems reached "
+                f"{spec['target_accuracy']} (checked every {spec['check_every']} steps from step {spec['min_steps']})"
+                if spec["target_accuracy"] is not None else "")
+    return f"""# {spec['name']}
 
-A tiny `Qwen2ForCausalLM` ({parameters:,} parameters: hidden {hidden}, {layers} layers, {heads} heads,
-{kv_heads} KV heads, intermediate {intermediate}) trained from scratch for AdvDistill's embedded default
-run. {role}
+A tiny `Qwen2ForCausalLM` ({info['parameters']:,} parameters: hidden {spec['hidden']}, {spec['layers']} layers,
+{spec['heads']} heads, {spec['kv_heads']} KV heads, intermediate {spec['intermediate']}) trained from scratch
+for AdvDistill's embedded default run. {role}
 
 ## How it was made
 
-`python -m advdistill.data.build_tiny_models` (this repository): a byte-level BPE tokenizer (vocab
-{vocab}) trained on the synthetic task, then {steps_taken} AdamW steps ({batch_rows} packed rows of 512 tokens each, peak lr {lr},
-a cosine schedule over {steps} steps, seed {seed}; stop once the sampled accuracy on 40 held-out
-problems reaches {target_accuracy}, checked every {check_every} steps from step {min_steps}) on zero-shot chat prompts of the synthetic train split plus
-arithmetic drills; {train_seconds:.0f} s on {threads} CPU threads. The prompt is the `prompt.system_prompt`
-of `configs/tiny.yaml`.
+`python -m advdistill.data.build_tiny_models` (this repository): a byte-level BPE tokenizer
+(vocabulary {vocab}, digits as single tokens, the template tags as tokens) trained on the
+synthetic task, then {info['steps_taken']} AdamW steps ({spec['batch_rows']} packed rows of 512
+tokens per step, peak lr {spec['lr']}, a cosine schedule over {spec['steps']} steps, seed
+{spec['seed']}{stopping}) on zero-shot chat prompts of the synthetic train split plus arithmetic
+drills: {info['train_seconds']:.0f} s on {threads} CPU threads. The prompt is the
+`prompt.system_prompt` of `configs/tiny.yaml`.
 
 ## Measured accuracy
 
@@ -268,11 +277,17 @@ Temperature 0.9, top-p 1.0, no top-k, {samples} samples per problem, {n_problems
 {n_problems} `ood` problems (`advdistill.data.synthetic.make_split(..., seed=0)`), engine `{engine}`:
 
 ```json
-{metrics}
+{json.dumps(metrics, indent=2)}
 ```
 
 Not a useful model for anything but exercising the pipeline on a CPU.
 """
+
+
+ROLES = {
+    "teacher": "The teacher: its samples are sometimes right and sometimes wrong.",
+    "student": "The student base: smaller and trained shorter than the teacher.",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     records = make_split("train", args.train_problems, seed=0, difficulty=difficulty)
     drills = arithmetic_drills(args.drills, seed=0, difficulty=difficulty)
 
-    tok_dir = out / "_tokenizer"
+    tok_dir = Path(tempfile.mkdtemp(prefix="advdistill-tokenizer-"))
     corpus = [r["question"] + "\n" + r["meta"]["solution"] for r in records] + [q + "\n" + a for q, a in drills]
     corpus += [cfg.prompt.system_prompt] * 100
     tokenizer = train_tokenizer(corpus, args.vocab, tok_dir)
@@ -324,15 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({spec.name: metrics}, indent=1), flush=True)
         from advdistill.teacher.engines import vllm_available
 
-        description = ("The teacher: its samples are sometimes right and sometimes wrong." if role == "teacher"
-                       else "The student base: smaller and trained shorter than the teacher.")
-        (folder / "README.md").write_text(MODEL_CARD.format(
-            role=description, vocab=len(tokenizer), threads=args.threads,
-            samples=args.samples, n_problems=args.eval_problems,
-            engine="vllm" if vllm_available() else "transformers",
-            metrics=json.dumps(metrics, indent=2), **asdict(spec), **info))
         (folder / "build_info.json").write_text(json.dumps({"spec": asdict(spec), **info, "metrics": metrics}, indent=2))
-
+        (folder / "README.md").write_text(model_card(folder, ROLES[role], len(tokenizer), args.threads, args.samples,
+                                                     args.eval_problems, "vllm" if vllm_available() else "transformers"))
 
 if __name__ == "__main__":
     main()
