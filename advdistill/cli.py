@@ -60,9 +60,18 @@ def load_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> 
     if not path.is_absolute() and not path.exists() and (REPO / path).exists():
         path = REPO / path  # a relative default works from any working directory
     try:
-        return load_config(path, [*(extra or []), *args.overrides])
+        cfg = load_config(path, [*(extra or []), *args.overrides])
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
+    return cfg.model_copy(update={key: _repo_path(getattr(cfg, key)) for key in ("teacher", "student")})
+
+
+def _repo_path(model: str) -> str:
+    """A model folder given relative to the repository (the embedded models) still resolves when
+    the entry point runs from another working directory; hub ids are left alone."""
+    if not Path(model).exists() and (REPO / model).is_dir():
+        return str(REPO / model)
+    return model
 
 
 def init_ray(num_cpus: int | None = None) -> None:

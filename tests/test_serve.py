@@ -124,7 +124,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, body
 
 def test_32_concurrent_clients_all_succeed(server):
     def one(i):
-        return evaluate(server, {"model": "tiny-student" if i % 2 else "tiny-teacher", "items": ITEMS[i % 16 : i % 16 + 2]})
+        return evaluate(server, {"model": "tiny-student" if i % 2 else "tiny-teacher", "items": ITEMS[i % 15 : i % 15 + 2]})
 
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(one, range(32)))
@@ -141,7 +141,7 @@ def test_serve_run_cli_with_token_auth(server, ray_cluster, tmp_path):
     config = yaml.safe_load((REPO / "serve_configs" / "evaluate.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
-    app["runtime_env"] = {"working_dir": str(REPO), "env_vars": {"ADVDISTILL_API_TOKEN": "s3cret"}}
+    app["runtime_env"] = {"env_vars": {"ADVDISTILL_API_TOKEN": "s3cret"}}
     path = tmp_path / "evaluate.yaml"
     path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen([shutil.which("serve") or "serve", "run", "--address", ray_cluster.address, str(path)],

@@ -34,6 +34,8 @@ from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.teacher.actor import prompt_seed
 from advdistill.teacher.engines import GenerationParams
 
+REPO = Path(__file__).resolve().parents[2]
+
 api = FastAPI(
     title="AdvDistill evaluation API",
     description="Accuracy and behaviour (verbosity, degeneracy, template adherence) of served models.",
@@ -206,19 +208,22 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     args = dict(args)
     overrides = [f"serve.{k}={json.dumps(args.pop(k))}" for k in
                  ("checkpoint_root", "data_root", "max_items", "max_tokens_limit", "token_env") if k in args]
-    cfg = load_config(args.pop("config", None), overrides)
+    config = args.pop("config", None)
+    cfg = load_config(REPO / config if config else None, overrides)
     models = args.pop("models", None)
     if not models:
         raise ValueError("build_app needs a non-empty 'models' list of {name, path, base_model}")
-    root = Path(cfg.serve.checkpoint_root)
-    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
-        "checkpoint_root": str(root.resolve()), "data_root": str(Path(cfg.serve.data_root).resolve())})})
+    # Relative roots are relative to the repository, not to wherever Serve builds the app (the
+    # builder runs in a Ray task whose working directory is not the caller's).
+    root, data_root = (REPO / cfg.serve.checkpoint_root).resolve(), (REPO / cfg.serve.data_root).resolve()
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"checkpoint_root": str(root),
+                                                                       "data_root": str(data_root)})})
     handles, descriptions = {}, []
     for spec in models:
         name, path = spec["name"], spec["path"]
         resolved = inside(root, path)
         if resolved is None or not resolved.is_dir():
-            raise ValueError(f"model {name!r}: {path!r} is not a folder inside the checkpoint root {root.resolve()}")
+            raise ValueError(f"model {name!r}: {path!r} is not a folder inside the checkpoint root {root}")
         few_shot = cfg.prompt.few_shot if spec.get("base_model", False) else 0
         options: dict[str, Any] = {"name": f"model-{name}"}
         if spec.get("ray_actor_options"):
