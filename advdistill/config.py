@@ -155,6 +155,9 @@ class TrainConfig(Section):
     seed: int = 0
     max_failures: int = Field(1, ge=0)
     checkpoint_every: int = Field(400, ge=1)  # optimizer steps between sharded checkpoints
+    # Steps between `ray.train.report` calls (each is a round trip to the controller); every
+    # step's metrics still reach metrics.jsonl with the next checkpoint.
+    report_every: int = Field(1, ge=1)
     # Checkpoints kept in OUTPUT/checkpoints (each holds model + optimizer shards).
     checkpoints_to_keep: int | None = Field(2, ge=1)
     # Stop after this many optimizer steps (smoke tests, benchmarks); None = all epochs.

@@ -129,9 +129,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             print(f"[train] resumed from step {global_step}", flush=True)
 
     def report(metrics: dict[str, Any], *, save: bool, export: bool) -> None:
-        history.append(metrics)
+        history.append(metrics)  # every step goes to metrics.jsonl; Ray hears every report_every-th
         if not save:
-            ray.train.report(metrics)
+            if global_step % tc.report_every == 0:
+                ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             _save(Path(tmp), model, optimizer, scheduler, global_step, history, rank)
@@ -150,7 +151,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         first = global_step - epoch * n_steps_epoch
         for step_in_epoch in range(first, n_steps_epoch):
             t0 = time.perf_counter()
-            sums = torch.zeros(5, dtype=torch.float64)
+            sums = torch.zeros(4, device=device)  # summed on the device: no host sync per micro-batch
+            tokens = 0
             micro = mine[step_in_epoch * tc.grad_accum : (step_in_epoch + 1) * tc.grad_accum]
             for i, index in enumerate(micro):
                 group = train_groups[index]
@@ -158,16 +160,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 model.set_requires_gradient_sync(i == len(micro) - 1)
                 terms = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
                 (terms.total / len(micro)).backward()
-                sums += torch.tensor([terms.total.item(), terms.weighted_ce.item(), terms.contrastive.item(),
-                                      terms.weight_entropy.item(), group_tokens(group, tc.shared_prefix_packing)],
-                                     dtype=torch.float64)
+                sums += torch.stack([terms.total, terms.weighted_ce, terms.contrastive, terms.weight_entropy]).detach().float()
+                tokens += group_tokens(group, tc.shared_prefix_packing)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
 
-            totals = _all_reduce_sum(sums, device)
+            totals = _all_reduce_sum(torch.cat([sums, sums.new_tensor([tokens])]), device)
             seconds = time.perf_counter() - t0
             n_micro = len(micro) * world
             tokens_seen += int(totals[4])
@@ -185,7 +186,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if val_groups and (global_step % tc.val_every == 0 or epoch_end):
                 val_loss = _validate(model, val_groups, cfg, rank, world, device, pad_id)
                 metrics["val_loss"] = val_loss
-            if rank == 0:
+            if rank == 0 and (global_step % tc.report_every == 0 or "val_loss" in metrics):
                 extra = f" val {val_loss:.4f}" if "val_loss" in metrics else ""
                 print(f"[train] step {global_step}/{total_steps} epoch {metrics['epoch']:.2f} loss {metrics['loss']:.4f}"
                       f" ce {metrics['weighted_ce']:.4f} contrastive {metrics['contrastive']:.4f}"
@@ -199,7 +200,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> list[float]:
     import torch.distributed as dist
 
-    t = values.to(device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
+    t = values.to(device=device, dtype=torch.float64)
     dist.all_reduce(t)
     return t.cpu().tolist()
 
