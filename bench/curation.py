@@ -1,0 +1,170 @@
+"""Curation throughput benchmark (issue: Benchmarks, target 1).
+
+The same prompts, model and sampling (K samples per prompt, temperature 0.9, a seed per prompt),
+generation and scoring, three ways — each in a fresh process, taking turns, steady state (after
+the engine is up and its first batch is out):
+
+- bare: one `vllm.LLM.generate` call over every prompt with `n=K`, then `score_group` per prompt;
+- ours: the project's Ray Data pipeline (`advdistill.teacher.stage.curate`, Parquet included);
+- ray.data.llm: `build_processor` with each prompt row duplicated K times with its own seed (its
+  only way to get K samples), then the same scoring.
+
+Goals: ours / bare >= 0.90 at >= 2,000 prompts; ours / ray.data.llm >= 1.3.
+
+    python bench/curation.py [--prompts 2000] [--repeats 3] [--model models/tiny-teacher]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import REPO, header
+
+SIDES = ("bare", "ours", "ray_data_llm")
+
+
+def config(args):
+    from advdistill.config import load_config
+
+    return load_config(args.config, [f"teacher={args.model}", f"curate.dataset.limit={args.prompts}",
+                                     f"curate.sampling.n={args.k}", "curate.progress_every_s=1000"])
+
+
+def records_and_prompts(cfg):
+    from transformers import AutoTokenizer
+
+    from advdistill.data.loaders import load_records
+    from advdistill.prompts import build_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
+    records = load_records(cfg.curate.dataset).records
+    return records, [build_prompt(tokenizer, r, few_shot=cfg.prompt.few_shot, prompt_cfg=cfg.prompt) for r in records]
+
+
+def run_bare(cfg) -> float:
+    from advdistill.scoring import score_group
+    from advdistill.teacher.actor import prompt_seed
+    from advdistill.teacher.engines import GenerationParams, VLLMEngine
+
+    records, prompts = records_and_prompts(cfg)
+    s = cfg.curate.sampling
+    params = GenerationParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+    engine = VLLMEngine(cfg.teacher, cfg.curate.engine, seed=s.seed)
+    engine.generate(prompts[:16], params, list(range(16)))  # warm-up
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, params, [prompt_seed(s.seed, r["id"]) for r in records])
+    for record, outs in zip(records, outputs):
+        score_group([o.text for o in outs], [o.num_tokens for o in outs], [o.finish_reason for o in outs],
+                    record["reference"], record["task"], cfg.reward, cfg.advantage)
+    return sum(o.num_tokens for outs in outputs for o in outs) / (time.perf_counter() - start)
+
+
+def run_ours(cfg) -> float:
+    from advdistill.cli import init_ray
+    from advdistill.teacher.stage import curate
+
+    init_ray()
+    with tempfile.TemporaryDirectory() as out:
+        curate(cfg, out)
+        runs = [json.loads(line) for line in open(os.path.join(out, "runs.jsonl"))]
+    return runs[-1]["steady_tokens_per_s"]
+
+
+def run_ray_data_llm(cfg) -> float:
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from advdistill.cli import init_ray
+    from advdistill.scoring import score_group
+    from advdistill.teacher.actor import prompt_seed
+    from advdistill.teacher.engines import configure_vllm_cpu_env, gpu_available, resolve_dtype
+
+    records, prompts = records_and_prompts(cfg)
+    s, e = cfg.curate.sampling, cfg.curate.engine
+    on_gpu = gpu_available()
+    if not on_gpu:
+        configure_vllm_cpu_env()
+    init_ray(num_cpus=8)  # its four stages each hold a CPU (FIELD-NOTES): declare enough
+    rows = [{"id": r["id"], "sample": k, "prompt": p, "seed": prompt_seed(s.seed, r["id"]) + k}
+            for r, p in zip(records, prompts) for k in range(s.n)]
+    engine_kwargs = dict(max_model_len=e.max_model_len, enable_prefix_caching=True, dtype=resolve_dtype(e.dtype, on_gpu),
+                         enforce_eager=not on_gpu)
+    if not on_gpu:
+        engine_kwargs["enable_chunked_prefill"] = False
+    processor = build_processor(
+        vLLMEngineProcessorConfig(
+            model_source=cfg.teacher, engine_kwargs=engine_kwargs, batch_size=e.batch_size * s.n,  # same sequences per engine batch
+            concurrency=1, chat_template_stage=False, tokenize_stage=True, detokenize_stage=True,
+            placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
+            runtime_env={"env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING") if k in os.environ}},
+        ),
+        preprocess=lambda row: dict(row, sampling_params=dict(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                                              seed=row["seed"])),
+        postprocess=lambda row: {"id": row["id"], "sample": row["sample"], "text": row["generated_text"],
+                                 "tokens": row["num_generated_tokens"]},
+    )
+    by_id: dict[str, list] = {}
+    tokens, first = 0, None
+    for batch in processor(ray.data.from_items(rows)).iter_batches(batch_size=None, batch_format="pyarrow"):
+        now = time.perf_counter()
+        part = batch.to_pylist()
+        if first is None:
+            first = (now, sum(r["tokens"] for r in part))
+        tokens += sum(r["tokens"] for r in part)
+        for row in part:
+            by_id.setdefault(row["id"], []).append(row)
+    reference = {r["id"]: r for r in records}
+    for pid, outs in by_id.items():  # the same scoring as the other two sides
+        outs.sort(key=lambda o: o["sample"])
+        score_group([o["text"] for o in outs], [o["tokens"] for o in outs], ["stop"] * len(outs),
+                    reference[pid]["reference"], reference[pid]["task"], cfg.reward, cfg.advantage)
+    return (tokens - first[1]) / (time.perf_counter() - first[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=2000)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=str(REPO / "models" / "tiny-teacher"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one measurement, in a child process
+    args = parser.parse_args()
+    if args.side:
+        rate = {"bare": run_bare, "ours": run_ours, "ray_data_llm": run_ray_data_llm}[args.side](config(args))
+        print(f"RESULT {rate}")
+        return
+
+    header("Curation throughput", f"python bench/curation.py --prompts {args.prompts} --repeats {args.repeats}")
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    for repeat in range(args.repeats):
+        order = SIDES[repeat % 3:] + SIDES[: repeat % 3]  # rotate who goes first
+        for side in order:
+            cmd = [sys.executable, __file__, "--side", side, "--prompts", str(args.prompts), "--k", str(args.k),
+                   "--model", args.model, "--config", args.config]
+            env = dict(os.environ, RAY_DATA_DISABLE_PROGRESS_BARS="1")
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"{side} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            rates[side].append(float(line.split()[1]))
+            print(f"  repeat {repeat + 1} {side}: {rates[side][-1]:,.0f} tokens/s", flush=True)
+    med = {side: statistics.median(v) for side, v in rates.items()}
+    print(f"\n{args.prompts} prompts x K={args.k}, model {os.path.relpath(args.model, REPO)}, steady-state generated "
+          f"tokens/s incl. scoring (median of {args.repeats}): bare {med['bare']:,.0f}, ours {med['ours']:,.0f}, "
+          f"ray.data.llm {med['ray_data_llm']:,.0f}")
+    print(f"- ours / bare vLLM loop: **{med['ours'] / med['bare']:.2f}x** (goal >= 0.90x)")
+    print(f"- ours / ray.data.llm with K duplicated rows: **{med['ours'] / med['ray_data_llm']:.2f}x** (goal >= 1.3x)")
+    print("\n" + json.dumps({"median_tokens_per_s": med, "ours_vs_bare": med["ours"] / med["bare"],
+                             "ours_vs_ray_data_llm": med["ours"] / med["ray_data_llm"]}))
+
+
+if __name__ == "__main__":
+    main()
