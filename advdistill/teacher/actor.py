@@ -23,11 +23,25 @@ def prompt_seed(base_seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def use_assigned_cpus() -> int:
+    """Ray starts workers with OMP_NUM_THREADS=1 (= one thread for torch), whatever CPUs the
+    actor reserved; an engine on CPU should compute with all of them (measured here: 1 of 2 cores
+    made curation 0.6x of a bare vLLM loop). Returns the thread count."""
+    import ray
+    import torch
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+    return threads
+
+
 class GenerationActor:
     """Record batch in, the same rows out with prompt, responses, token_lengths, finish_reasons."""
 
     def __init__(self, model: str, engine: EngineConfig, params: GenerationParams, prompt: PromptConfig,
                  few_shot: int, seed: int):
+        use_assigned_cpus()
         self.engine = make_engine(model, engine, seed=seed)
         self.params, self.prompt_cfg, self.few_shot, self.seed = params, prompt, few_shot, seed
 
