@@ -82,6 +82,8 @@ class SamplingConfig(Section):
     max_tokens: int = Field(2048, gt=0)
     # Base seed; each prompt's seed is derived from it and the prompt id (reruns reproduce).
     seed: int = 0
+    # Generate max_tokens every time (throughput benchmarks: fixed output lengths).
+    ignore_eos: bool = False
 
 
 class EngineConfig(Section):
@@ -99,6 +101,9 @@ class EngineConfig(Section):
     enforce_eager: bool | None = None  # None = True on CPU, False on GPU
     # Prompts handed to the engine at once (vLLM schedules them together).
     batch_size: int = Field(64, ge=1)
+    # vLLM's weight loading; "dummy" = random weights from config.json alone (throughput
+    # benchmarks of a real architecture where no checkpoint can be downloaded).
+    load_format: Literal["auto", "safetensors", "dummy"] = "auto"
 
 
 class ResourcesConfig(Section):

@@ -38,6 +38,7 @@ class GenerationParams:
     top_p: float = 1.0
     top_k: int = -1
     max_tokens: int = 2048
+    ignore_eos: bool = False  # always generate max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if self.temperature == 0 and self.n != 1:
@@ -95,6 +96,7 @@ class VLLMEngine:
             dtype=resolve_dtype(cfg.dtype, on_gpu),
             enable_prefix_caching=cfg.enable_prefix_caching,
             enforce_eager=enforce_eager,
+            load_format=cfg.load_format,
             seed=seed,
         )
         if on_gpu:
@@ -121,6 +123,7 @@ class VLLMEngine:
                 top_p=params.top_p,
                 top_k=params.top_k if params.top_k > 0 else -1,
                 max_tokens=params.max_tokens,
+                ignore_eos=params.ignore_eos,
                 seed=None if seeds is None else int(seeds[i]),
             )
             for i in range(len(prompts))
@@ -144,6 +147,8 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg or EngineConfig()
+        if self.cfg.load_format == "dummy":
+            raise ValueError("load_format 'dummy' (random weights) needs the vLLM engine")
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -171,6 +176,8 @@ class HFEngine:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids),
         )
+        if params.ignore_eos:
+            kwargs["min_new_tokens"] = params.max_tokens
         if params.temperature > 0:
             # top_k=0 disables transformers' default top-k of 50 (temperature-only sampling).
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
@@ -183,7 +190,7 @@ class HFEngine:
         generated = out[:, enc["input_ids"].shape[1] :].tolist()
         completions = []
         for ids in generated:
-            end = next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
+            end = None if params.ignore_eos else next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
             kept = ids if end is None else ids[:end]
             # No EOS means generation ran to max_new_tokens.
             finish = "stop" if end is not None else "length"

@@ -108,7 +108,8 @@ def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = 
         for row in pending:  # Arrow needs one type per column: the free-form meta travels as JSON
             row["meta"] = json.dumps(row["meta"])
         s = cfg.curate.sampling
-        params = GenerationParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
+        params = GenerationParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+                                  ignore_eos=s.ignore_eos)
         ds = generate_stage(ray.data.from_items(pending), model=cfg.teacher, engine=cfg.curate.engine, params=params,
                             prompt=cfg.prompt, few_shot=few_shot, seed=s.seed, resources=cfg.curate.resources)
         ds = ds.map_batches(score_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.curate.engine.batch_size,
