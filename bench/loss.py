@@ -7,7 +7,7 @@
    1,536 and 8 x 512 response tokens (Qwen2.5-1.5B's head; goal <= 0.25x). Each side runs in a
    fresh process and reports its peak resident memory above what the inputs already hold.
 
-    python bench/loss.py [--repeats 5]
+    python bench/loss.py [--repeats 15]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def peak_memory(kind: str, n: int, t: int, hidden: int, vocab: int, chunk: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--chunk", type=int, default=512, help="tokens per chunk (train.loss.chunk_size)")
     parser.add_argument("--time-shape", default="8,128,1024,32000", help="N,T,hidden,vocab of the timing runs")
     args = parser.parse_args()

@@ -64,17 +64,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--length", type=int, default=128, help="prompt length = response length")
-    parser.add_argument("--model", default="256,4,4", help="hidden,layers,heads of the random Qwen2 timed")
+    # Qwen2.5-0.5B's layer (hidden 896, 14 query / 2 KV heads, MLP 4864), 4 of its 24 layers, a
+    # 4,096-token vocabulary: the output head costs the same on both sides, so a full-size head
+    # on a 4-layer body would hide what packing saves in the body.
+    parser.add_argument("--model", default="896,4,14,2,4864", help="hidden,layers,heads,kv_heads,mlp of the random Qwen2 timed")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--groups", help="curate output for the tiny-run comparison (skipped if absent)")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    header("Shared-prefix packing", "python bench/packing.py" + (f" --groups {args.groups}" if args.groups else ""))
+    header("Shared-prefix packing", f"python bench/packing.py --model {args.model}" + (f" --groups {args.groups}" if args.groups else ""))
 
-    hidden, layers, heads = map(int, args.model.split(","))
-    config = Qwen2Config(vocab_size=4096, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096)
+    hidden, layers, heads, kv_heads, mlp = map(int, args.model.split(","))
+    config = Qwen2Config(vocab_size=4096, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096)
     torch.manual_seed(0)
     model = ResponseLogProbs(Qwen2ForCausalLM(config))
     group = synthetic_group(args.k, args.length, args.length, config.vocab_size)
@@ -82,7 +85,8 @@ def main() -> None:
     times = interleaved({"separate": lambda: train_step(model, separate), "packed": lambda: train_step(model, packed)},
                         repeats=args.repeats)
     ratio = times["packed"] / times["separate"]
-    print(f"- one group, K={args.k}, prompt = response = {args.length} tokens, Qwen2 hidden {hidden} x {layers} layers "
+    print(f"- one group, K={args.k}, prompt = response = {args.length} tokens, Qwen2 hidden {hidden} x {layers} layers, "
+          f"{heads}/{kv_heads} heads, MLP {mlp}, vocab 4096 "
           f"(median of {args.repeats}): packed / separate step time **{ratio:.3f}x** (goal <= 0.7x)")
     result = {"step_time_ratio": ratio}
     if args.groups:

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import ExperimentConfig
-from advdistill.train.collate import group_batch, tokenize_group
-from advdistill.train.loop import _param_groups, epoch_order, loss_terms
+from advdistill.train.collate import tokenize_group
+from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch
 from advdistill.train.model import ResponseLogProbs
 from advdistill.train.trainer import groups_folder, train
 
@@ -39,7 +39,7 @@ def mean_loss(model_dir, rows, cfg) -> float:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)).eval()
     with torch.no_grad():
-        losses = [loss_terms(model, group_batch(tokenize_group(r, tokenizer, cfg), tokenizer.pad_token_id), cfg).total.item()
+        losses = [loss_terms(model, make_batch(tokenize_group(r, tokenizer, cfg), cfg, tokenizer.pad_token_id), cfg).total.item()
                   for r in rows]
     return sum(losses) / len(losses)
 
@@ -84,8 +84,10 @@ def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_c
     assert completion.num_tokens > 0 and completion.text
 
 
-def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups, tokenized, tiny_cfg, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed"])
+def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups, tokenized, tiny_cfg, tmp_path, packed):
     cfg = train_cfg(tiny_cfg, max_steps=1, grad_accum=3)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"shared_prefix_packing": packed})})
     metrics = train(cfg, groups, tmp_path)
 
     # The same step in this process, without FSDP: both workers' micro-batches, averaged.
@@ -96,7 +98,7 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
     micro = [i for rank in range(2) for i in order[rank::2][:3]]
     total = 0.0
     for index in micro:
-        batch = group_batch(tokenize_group(tokenized[index], tokenizer, cfg), tokenizer.pad_token_id)
+        batch = make_batch(tokenize_group(tokenized[index], tokenizer, cfg), cfg, tokenizer.pad_token_id)
         loss = loss_terms(model, batch, cfg).total
         (loss / len(micro)).backward()
         total += loss.item()
