@@ -10,9 +10,8 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel
 
-from advdistill.config import ConfigError, ExperimentConfig, load_config
+from advdistill.config import REPO, ConfigError, ExperimentConfig, load_config
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/tiny.yaml"
 
 # Ray settings the stages rely on (FIELD-NOTES): Ray Train V2 otherwise blocks ~2 s in every

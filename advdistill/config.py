@@ -13,6 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# The repository root: the embedded models and configs that relative defaults refer to.
+REPO = Path(__file__).resolve().parents[1]
+
 TASKS = ("gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic")
 Task = Literal["gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic"]
 

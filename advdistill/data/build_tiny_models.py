@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from advdistill.config import load_config
+from advdistill.config import REPO, load_config
 from advdistill.data.synthetic import Difficulty, arithmetic_drills, make_split
 from advdistill.prompts import build_prompt
 
-REPO = Path(__file__).resolve().parents[2]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{"]
 CHAT_TEMPLATE = (

@@ -27,14 +27,12 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from advdistill.config import DatasetConfig, ExperimentConfig, Task, load_config
+from advdistill.config import REPO, DatasetConfig, ExperimentConfig, Task, load_config
 from advdistill.data.loaders import group_field, load_records
 from advdistill.evaluation.evaluator import score_predictions
 from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.teacher.actor import prompt_seed
 from advdistill.teacher.engines import GenerationParams
-
-REPO = Path(__file__).resolve().parents[2]
 
 api = FastAPI(
     title="AdvDistill evaluation API",
