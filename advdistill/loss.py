@@ -1,7 +1,8 @@
 """The AdvDistill and SFT losses, SPEC §6 (paper §4.2) — pure torch, no Ray.
 
 For one group of N responses, I the incorrect ones, T_i the response tokens of response i
-(prompt masked, EOS included) and p_t = p_θ(y_t | x, y_<t):
+(prompt masked; the end-of-turn token included only where the teacher ended the response itself,
+see `advdistill.train.collate`) and p_t = p_θ(y_t | x, y_<t):
 
     CE_i = −(1/T_i) Σ_t log p_t
     p̄_i  = (1/T_i) Σ_t p_t

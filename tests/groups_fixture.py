@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from advdistill.data.synthetic import make_split
 from advdistill.scoring import score_group
@@ -20,15 +21,19 @@ def variants(record: dict) -> list[str]:
     return [solution, wrong, short, plain]
 
 
-def write_groups(folder: Path, tokenizer, cfg, n: int = 24, seed: int = 0) -> Path:
+def write_groups(folder: Path, tokenizer, cfg, n: int = 24, seed: int = 0,
+                 teacher_cuts: Callable[[int], set[int]] = lambda i: set()) -> Path:
+    """`teacher_cuts(i)`: the responses of group i marked as cut at the teacher's token limit
+    (finish reason "length", hence incorrect)."""
     rows = []
-    for record in make_split("train", n, seed=seed):
+    for i, record in enumerate(make_split("train", n, seed=seed)):
         responses = variants(record)
         lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in responses]
-        scored = score_group(responses, lengths, ["stop"] * len(responses), record["reference"], "synthetic",
+        finish_reasons = ["length" if j in teacher_cuts(i) else "stop" for j in range(len(responses))]
+        scored = score_group(responses, lengths, finish_reasons, record["reference"], "synthetic",
                              cfg.reward, cfg.advantage)
         rows.append({**{k: record[k] for k in ("id", "task", "question", "reference", "choices")},
                      "meta": json.dumps(record["meta"]), "prompt": "", "responses": responses, "token_lengths": lengths,
-                     "finish_reasons": ["stop"] * len(responses), **scored, "teacher": "fixture", "sampling": "{}"})
+                     "finish_reasons": finish_reasons, **scored, "teacher": "fixture", "sampling": "{}"})
     write_shard(folder / KEPT_DIR, rows)
     return folder

@@ -18,8 +18,9 @@ def test_defaults_are_the_spec_values():
     s = c.curate.sampling
     assert (s.n, s.temperature, s.top_p, s.max_tokens) == (8, 0.9, 1.0, 2048)
     t = c.train
-    assert (t.lr, t.weight_decay, t.epochs, t.warmup_ratio, t.max_grad_norm, t.grad_accum, t.max_seq_len, t.val_every) == (
+    assert (t.lr, t.weight_decay, t.epochs, t.warmup_ratio, t.max_grad_norm, t.groups_per_step, t.max_seq_len, t.val_every) == (
         5e-6, 0.01, 4, 0.05, 0.5, 16, 2048, 400)
+    assert t.val_fraction == 0.05  # a stated choice (SPEC §6), reported with every run
     assert c.prompt.few_shot == 4 and c.eval.temperature == 0.0 and c.eval.max_tokens == 2048
     assert c.teacher == "Qwen/Qwen2.5-7B" and c.student == "Qwen/Qwen2.5-1.5B"
 
@@ -40,6 +41,7 @@ def test_overrides_parse_yaml_values():
         (["nonsense"], "dotted.key=value"),
         (["train.lr.x=1"], "train.lr"),
         (["train.lr=1e-3", "train.lr.x=1"], "not a section"),
+        (["train.grad_accum=2"], "replaced by train.groups_per_step"),
     ],
 )
 def test_bad_overrides_name_the_field(overrides, needle):
@@ -56,3 +58,10 @@ def test_tiny_config_loads():
     c = load_config(REPO / "configs" / "tiny.yaml")
     assert c.teacher == "models/tiny-teacher" and c.curate.dataset.name == "synthetic"
     assert c.reward.max_len == c.curate.sampling.max_tokens
+
+
+def test_groups_per_step_is_one_value_whatever_the_worker_count():
+    """The old default took workers x grad_accum = 2 x 16 = 32 groups per step (paper: 16)."""
+    for workers in (1, 2, 8):
+        c = load_config(None, [f"train.num_workers={workers}"])
+        assert c.train.groups_per_step == 16

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 SHORT = [
-    "curate.dataset.limit=24", "train.epochs=1", "train.grad_accum=1", "train.checkpoint_every=1000",
+    "curate.dataset.limit=24", "train.epochs=1", "train.groups_per_step=2", "train.checkpoint_every=1000",
     "eval.test.limit=8", "eval.ood=[{name: synthetic, split: ood, limit: 10}]",
 ]
 STAGES = ["curate", "train-advdistill", "train-sft", "eval-teacher", "eval-base", "eval-sft", "eval-advdistill"]
@@ -27,6 +27,12 @@ def submit(cluster, output: Path) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done.stdout
+
+
+def list_kept_ids(output: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [i for f in (output / "curate" / "groups").glob("*.parquet") for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,7 @@ def test_every_artefact_is_produced(run):
             assert (output / "eval" / f"{model}-{split}" / "predictions.jsonl").is_file()
     report = (output / "report" / "report.md").read_text()
     for needle in ("Accuracy (paper Table 1 shape)", "Student AdvDistill", "synthetic-ood*", "verbosity", "template adherence",
-                   "Cost per stage", "advantages.png"):
+                   "Cost per stage", "advantages.png", "## Training", "groups per step", "validation groups"):
         assert needle in report
     assert {p.name for p in (output / "report").glob("*.png")} >= {
         "advantages.png", "correct-per-group.png", "verbosity-synthetic-test.png", "degeneracy-synthetic-ood.png",
@@ -58,6 +64,9 @@ def test_every_artefact_is_produced(run):
     manifest = json.loads((output / "run.json").read_text())
     assert list(manifest["stages"]) == STAGES
     assert "| Teacher |" in log  # the table is printed at the end of the job
+    result = json.loads((output / "train-advdistill" / "result.json").read_text())
+    assert (result["groups_per_step"], result["val_fraction"]) == (2, 0.05)
+    assert result["train_groups"] + result["val_groups"] == len(list_kept_ids(output))
 
 
 def test_rerun_skips_finished_stages(run, ray_cluster):

@@ -27,7 +27,7 @@ def test_config_validates_and_references_loadable_data_and_models(path):
         else:  # a hub id
             assert model.count("/") == 1 and not model.startswith((".", "/")), model
     assert cfg.reward.max_len == cfg.curate.sampling.max_tokens
-    assert cfg.train.num_workers >= 1 and cfg.train.grad_accum >= 1
+    assert cfg.train.num_workers >= 1 and cfg.train.groups_per_step >= 1
 
 
 @pytest.mark.parametrize("name", ["paper-gsm8k", "paper-open-s1", "paper-mmlu-pro"])
@@ -38,7 +38,11 @@ def test_paper_configs_follow_the_paper(name):
     assert (s.n, s.temperature, s.top_p, s.max_tokens, cfg.curate.engine.max_model_len) == (8, 0.9, 1.0, 2048, 4096)
     assert (t.lr, t.weight_decay, t.epochs, t.warmup_ratio, t.max_grad_norm, t.max_seq_len, t.val_every) == (
         5e-6, 0.01, 4, 0.05, 0.5, 2048, 400)
-    assert t.num_workers * t.grad_accum == 16  # micro-batch 1 group x accumulation 16 (Appendix B)
+    assert t.groups_per_step == 16  # micro-batch 1 group x accumulation 16 (Appendix B), any worker count
+    assert t.val_fraction == 0.05
+    # Both are stated in the file itself, not left to a default nobody sees.
+    stated = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())["train"]
+    assert {"groups_per_step", "val_fraction"} <= stated.keys()
     assert cfg.curate.resources.use_gpu and t.resources.use_gpu and cfg.eval.resources.use_gpu and t.bf16
     ood = {"paper-gsm8k": ["gsm_plus"], "paper-open-s1": ["open_rs"], "paper-mmlu-pro": []}[name]
     assert [d.name for d in cfg.eval.ood] == ood

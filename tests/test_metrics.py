@@ -8,6 +8,7 @@ from advdistill.evaluation.metrics import (
     seq_rep_4,
     summarize_predictions,
     template_adherence,
+    template_flags,
     verbosity,
 )
 
@@ -58,3 +59,19 @@ def test_summarize_predictions_groups():
     assert summary["accuracy"] == 0.5 and summary["n"] == 2
     assert summary["by_kind"]["x"]["accuracy"] == 1.0
     assert summary["by_kind"]["y"]["mean_tokens_incorrect"] == 9
+
+
+@pytest.mark.parametrize(
+    "text, think, answer",
+    [
+        ("</answer> 5 <answer>", False, False),  # a closing tag before any opening one is no block
+        ("</think> x <think> </answer><answer>\\boxed{5}", False, False),
+        ("<think>a</think></answer><answer>\\boxed{5}</answer>", True, True),  # a later proper block counts
+        ("<answer>\\boxed{5}", False, False),  # unclosed
+        ("<think>a</think><answer>\\boxed{5}</answer>", True, True),
+    ],
+)
+def test_template_blocks_need_the_closing_tag_after_the_opening_one(text, think, answer):
+    flags = template_flags(text)
+    assert (flags["think"], flags["answer"]) == (think, answer)
+    assert flags["all"] == (think and answer and flags["boxed"])

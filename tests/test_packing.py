@@ -65,3 +65,15 @@ def test_packing_reads_the_prompt_once():
     assert batch["position_ids"][0].tolist()[11:13] == [7, 8]  # and so does response 1
     mask = batch["block_mask"][0, 0]
     assert mask[12, :7].all() and not mask[12, 7:11].any() and mask[12, 11:13].all()
+
+
+def test_a_response_without_tokens_packs_too():
+    """A response cut at the teacher's limit gets no end token, so it can be empty (every token
+    a special one the decoder dropped); both layouts take it and agree."""
+    group = {**GROUP, "response_ids": [[20, 21, 1], [], [30]], "advantages": [1.0, 0.0, -1.0], "correct": [True, False, False]}
+    model = tiny_lm("sdpa")
+    separate, _, _ = per_response(model, group_batch(group, pad_id=0))
+    packed, _, _ = per_response(model, packed_group_batch(group, pad_id=0))
+    assert [len(r) for r in packed] == [3, 0, 1]
+    for a, b in zip(separate, packed):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from advdistill.config import ExperimentConfig
+from advdistill.config import ExperimentConfig, TrainConfig
 from advdistill.train.collate import tokenize_group
 from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch
 from advdistill.train.model import ResponseLogProbs
@@ -17,9 +17,10 @@ from groups_fixture import write_groups
 
 
 def train_cfg(base: ExperimentConfig, **train) -> ExperimentConfig:
-    settings = {"epochs": 2, "grad_accum": 2, "num_workers": 2, "val_fraction": 0.0, "checkpoint_every": 2,
+    settings = {"epochs": 2, "groups_per_step": 4, "num_workers": 2, "val_fraction": 0.0, "checkpoint_every": 2,
                 "warmup_ratio": 0.0, "lr": 1e-3, **train}
-    return base.model_copy(update={"train": base.train.model_copy(update=settings)})
+    # Validated (model_copy would accept a stale or misspelt key silently).
+    return base.model_copy(update={"train": TrainConfig.model_validate({**base.train.model_dump(), **settings})})
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +87,14 @@ def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_c
 
 @pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed"])
 def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups, tokenized, tiny_cfg, tmp_path, packed):
-    cfg = train_cfg(tiny_cfg, max_steps=1, grad_accum=3)
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"shared_prefix_packing": packed})})
+    cfg = train_cfg(tiny_cfg, max_steps=1, groups_per_step=6, shared_prefix_packing=packed)
     metrics = train(cfg, groups, tmp_path)
 
-    # The same step in this process, without FSDP: both workers' micro-batches, averaged.
+    # The same step in this process, without FSDP: the step's 6 groups, averaged.
     tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-    order = epoch_order(len(tokenized), 0, cfg.train.seed)
-    micro = [i for rank in range(2) for i in order[rank::2][:3]]
+    micro = epoch_order(len(tokenized), 0, cfg.train.seed)[:6]
     total = 0.0
     for index in micro:
         batch = make_batch(tokenize_group(tokenized[index], tokenizer, cfg), cfg, tokenizer.pad_token_id)
@@ -124,3 +123,67 @@ def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_clu
     uninterrupted = AutoModelForCausalLM.from_pretrained(reference / "final").state_dict()
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def teacher_cuts(i: int) -> set[int]:
+    """Groups 0, 6, 12, 18: responses 0 and 2 cut at the teacher's limit, so with response 1 wrong
+    their first three are all incorrect (kept at curation: response 3 is right); groups 3, 9, 15,
+    21: response 0 cut."""
+    return {0, 2} if i % 6 == 0 else {0} if i % 3 == 0 else set()
+
+
+@pytest.fixture(scope="module")
+def groups_with_cuts(tmp_path_factory, tiny_tokenizer, tiny_cfg):
+    return write_groups(tmp_path_factory.mktemp("groups-with-cuts"), tiny_tokenizer, tiny_cfg, n=24, teacher_cuts=teacher_cuts)
+
+
+def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster, groups_with_cuts, tiny_cfg, tmp_path):
+    """SPEC §5-6 end to end: K' = 3 drops the groups whose first three responses are all wrong
+    (counted), max_seq_len cuts are counted in metrics.jsonl and result.json, an optimizer step
+    takes 3 groups on 2 workers (one worker pads with a weight-0 group), the epoch's last step
+    takes the 2 remaining groups, and the whole epoch equals plain single-process training."""
+    cfg = train_cfg(tiny_cfg, epochs=1, groups_per_step=3, responses_per_group=3, max_seq_len=120, checkpoint_every=100)
+    result = train(cfg, groups_with_cuts, tmp_path)
+
+    import pyarrow.parquet as pq
+
+    rows = sorted((r for f in sorted(groups_folder(groups_with_cuts).glob("*.parquet")) for r in pq.read_table(f).to_pylist()),
+                  key=lambda r: r["id"])
+    tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
+    tokenized = [tokenize_group(r, tokenizer, cfg) for r in rows]
+    kept = [g for g in tokenized if g["keep"]]
+    assert all(r["keep"] for r in rows) and len(kept) == 20  # 4 groups dropped by the K' = 3 keep rule
+    cut = sum(g["truncated_responses"] for g in kept)
+    assert cut > 0
+    assert {k: result[k] for k in ("train_groups", "val_groups", "val_fraction", "groups_per_step", "dropped_groups",
+                                   "truncated_responses", "truncated_groups")} == {
+        "train_groups": 20, "val_groups": 0, "val_fraction": 0.0, "groups_per_step": 3, "dropped_groups": 4,
+        "truncated_responses": cut, "truncated_groups": sum(g["truncated_responses"] > 0 for g in kept)}
+    history = read_metrics(tmp_path)
+    assert [m["groups"] for m in history] == [3] * 6 + [2]  # ceil(20 / 3) steps: no group skipped
+    assert sum(m["truncated_responses"] for m in history) == cut and result["step"] == 7
+
+    # The same epoch in this process, without FSDP: each step's groups, averaged.
+    from transformers import get_cosine_schedule_with_warmup
+
+    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 7)
+    order = epoch_order(len(kept), 0, cfg.train.seed)
+    for step in range(7):
+        groups = order[3 * step : 3 * step + 3]
+        total = 0.0
+        for index in groups:
+            loss = loss_terms(model, make_batch(kept[index], cfg, tokenizer.pad_token_id), cfg).total
+            (loss / len(groups)).backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        assert history[step]["loss"] == pytest.approx(total / len(groups), rel=1e-4), step
+        assert history[step]["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-3), step
+    stepped = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).state_dict()
+    # As in the one-step test: equal within 1% of one Adam step (measured: 0.3% after 7 steps).
+    for name, value in model.lm.state_dict().items():
+        torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.lr, msg=name)

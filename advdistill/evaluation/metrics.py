@@ -6,11 +6,10 @@ Serve endpoint and the report compute exactly the same numbers.
 
 from __future__ import annotations
 
-
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from advdistill.scoring.extract import answer_block, last_boxed
+from advdistill.scoring.extract import last_boxed
 
 
 def accuracy(correct: Sequence[bool]) -> float:
@@ -51,11 +50,18 @@ def degeneracy(responses: Sequence[str], correct: Sequence[bool]) -> dict[str, f
     }
 
 
+def has_block(text: str, open_tag: str, close_tag: str) -> bool:
+    """Whether `text` has an `open_tag … close_tag` block: a closing tag counts only after an
+    opening one (`</answer>` before any `<answer>` is no answer block)."""
+    start = text.find(open_tag)
+    return start >= 0 and text.find(close_tag, start + len(open_tag)) >= 0
+
+
 def template_flags(text: str) -> dict[str, bool]:
     """Which parts of the template a response has: a `<think>` block, an `<answer>` block, a
     `\\boxed{}`, and all three."""
-    think = "<think>" in text and "</think>" in text.split("<think>", 1)[1]
-    answer = "<answer>" in text and answer_block(text) is not None and "</answer>" in text
+    think = has_block(text, "<think>", "</think>")
+    answer = has_block(text, "<answer>", "</answer>")
     boxed = last_boxed(text) is not None
     return {"think": think, "answer": answer, "boxed": boxed, "all": think and answer and boxed}
 

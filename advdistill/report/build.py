@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from advdistill.report import plots
-from advdistill.report.tables import accuracy_table, behaviour_tables, breakdown_table, cost_table
+from advdistill.report.tables import accuracy_table, behaviour_tables, breakdown_table, cost_table, training_table
 
 
 def _read_json(path: Path) -> Any:
@@ -76,6 +76,14 @@ def write_report(run: str | Path) -> Path:
                      f"{summary['quarantined']} input rows quarantined; teacher per-sample accuracy "
                      f"{100 * summary['per_sample_accuracy']:.1f}%, template followed in "
                      f"{100 * summary['format_ok']:.1f}% of samples."]
+    trainings = {path.parent.name.removeprefix("train-"): _read_json(path) for path in sorted(run.glob("train-*/result.json"))}
+    if trainings:
+        sections += ["## Training",
+                     "Validation groups are a stated choice (`train.val_fraction`): that share of the kept groups, "
+                     "picked by a hash of the group id, is held out before training. An optimizer step takes "
+                     "`train.groups_per_step` groups whatever the number of workers; an epoch's last step takes the "
+                     "remainder, so no group is skipped.",
+                     training_table(trainings)]
     sections += ["## Cost per stage", cost_table(manifest.get("stages", {}))]
     sections += ["## Figures"] + [f"![{p.stem}]({p.name})" for p in figures]
     path = out / "report.md"

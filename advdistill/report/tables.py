@@ -73,3 +73,27 @@ def cost_table(stages: dict[str, dict[str, Any]]) -> str:
     rows = [[name, f"{s.get('tokens', 0):,}", _num(s.get("wall_seconds"), 1), _num(s.get("accelerator_hours"), 4),
              "skipped (done earlier)" if s.get("skipped") else ""] for name, s in stages.items()]
     return markdown_table(["Stage", "tokens", "wall s", "accelerator-hours", "note"], rows)
+
+
+def training_table(runs: dict[str, dict[str, Any]]) -> str:
+    """The training contract each run kept (SPEC §5–6), from its result.json: groups trained on
+    and held out for validation, groups per optimizer step, steps, groups the K' keep rule
+    dropped, and responses cut at max_seq_len."""
+    def count(value: Any) -> str:
+        return "–" if value is None else f"{value:,}"
+
+    rows = []
+    for name, r in runs.items():
+        fraction = r.get("val_fraction")
+        k = r.get("responses_per_group")
+        rows.append([
+            model_label(name), count(r.get("train_groups")),
+            f"{count(r.get('val_groups'))} ({'–' if fraction is None else f'{100 * fraction:g}%'} by id hash)",
+            count(r.get("groups_per_step")), count(r.get("step")),
+            "all" if k is None else str(k), count(r.get("dropped_groups")) if k is not None else "–",
+            f"{count(r.get('truncated_responses'))} in {count(r.get('truncated_groups'))} groups "
+            f"(max_seq_len {count(r.get('max_seq_len'))})",
+        ])
+    return markdown_table(["Run", "training groups", "validation groups", "groups per step", "optimizer steps",
+                           "responses per group", "dropped (no correct in the first K')",
+                           "responses cut at max_seq_len"], rows)

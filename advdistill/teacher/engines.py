@@ -4,9 +4,11 @@
   request, prefix caching, a seed per prompt so reruns reproduce.
 - `HFEngine`: transformers `generate`, the fallback where vLLM is not installed.
 
-Both return, per prompt, a list of `Completion(text, num_tokens, finish_reason)`, where
-finish_reason is "stop" (EOS) or "length" (cut at `max_tokens`) and num_tokens counts the
-generated tokens, EOS included.
+Both stop at the end of the model's turn — the chat template's end-of-turn token as well as the
+tokenizer's EOS (`advdistill.prompts.end_of_turn_token_ids`) — and return, per prompt, a list of
+`Completion(text, num_tokens, finish_reason)`, where finish_reason is "stop" (end of turn or EOS)
+or "length" (cut at `max_tokens`) and num_tokens counts the generated tokens, the stop token
+included.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from advdistill.config import EngineConfig
+from advdistill.prompts import end_of_turn_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,9 @@ class VLLMEngine:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.model = model
+        # vLLM stops at the tokenizer's EOS (and generation_config's) by itself, not at the chat
+        # template's end-of-turn token where that differs (Qwen2.5 base models).
+        self.stop_token_ids = list(end_of_turn_token_ids(self.tokenizer))
 
     def generate(
         self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
@@ -124,6 +130,8 @@ class VLLMEngine:
                 top_k=params.top_k if params.top_k > 0 else -1,
                 max_tokens=params.max_tokens,
                 ignore_eos=params.ignore_eos,
+                # ignore_eos does not lift stop_token_ids: fixed-length runs pass none.
+                stop_token_ids=[] if params.ignore_eos else self.stop_token_ids,
                 seed=None if seeds is None else int(seeds[i]),
             )
             for i in range(len(prompts))
@@ -160,11 +168,11 @@ class HFEngine:
         self.eos_ids = self._eos_ids()
 
     def _eos_ids(self) -> set[int]:
+        """Where a turn ends: generation_config's EOS ids, the tokenizer's EOS and the chat
+        template's end-of-turn token."""
         ids = self.model.generation_config.eos_token_id
         ids = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
+        return ids | set(end_of_turn_token_ids(self.tokenizer))
 
     def _run(self, prompts: Sequence[str], params: GenerationParams, seed: int | None) -> list[list[Completion]]:
         import torch
@@ -192,7 +200,7 @@ class HFEngine:
         for ids in generated:
             end = None if params.ignore_eos else next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
             kept = ids if end is None else ids[:end]
-            # No EOS means generation ran to max_new_tokens.
+            # No stop token means generation ran to max_new_tokens.
             finish = "stop" if end is not None else "length"
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             completions.append(Completion(text, len(kept), finish))

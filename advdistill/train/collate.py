@@ -1,9 +1,13 @@
 """From a groups-table row to the tensors of one micro-batch (one group) — pure, no Ray.
 
-A group is tokenised as the *zero-shot student prompt* followed by each response and EOS; prompt
-tokens are masked out of the loss, and a response that does not fit in `max_seq_len` is cut (the
-cut is recorded). `responses_per_group` K' < K keeps the first K' responses and recomputes their
-advantages (the paper's 3-response ablation); SFT keeps the best response only.
+A group is tokenised as the *zero-shot student prompt* followed by each response; prompt tokens
+are masked out of the loss (SPEC §6). A response the teacher ended itself (finish reason "stop")
+gets the student's end-of-turn token appended, so the student learns to stop where evaluation
+stops it; a response cut at the teacher's token limit ("length") gets none, so the student never
+learns to stop mid-sentence. A response that does not fit in `max_seq_len` is cut, and the cut
+is counted (`truncated`, `truncated_responses`). `responses_per_group` K' < K keeps the first K'
+responses, recomputes their advantages and applies the keep rule again (SPEC §5: a group whose
+first K' responses are all incorrect is dropped); SFT keeps the best response only.
 """
 
 from __future__ import annotations
@@ -14,27 +18,52 @@ import torch
 
 from advdistill.config import ExperimentConfig
 from advdistill.loss import IGNORE_INDEX
-from advdistill.prompts import build_prompt
-from advdistill.scoring import best_response, group_advantages
+from advdistill.prompts import build_prompt, end_of_turn_token_ids
+from advdistill.scoring import best_response, group_advantages, keep_group
+
+TEACHER_ENDED = "stop"  # finish reason of a response the teacher ended itself (vs "length")
 
 
-def select_responses(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, list[Any]]:
-    """The responses a group trains on, with their advantages and correctness."""
+def select_responses(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
+    """The responses a group trains on, with their advantages, correctness and finish reasons,
+    and whether the group is kept (`keep`): with K' < K the keep rule is applied again to the
+    first K' responses, since the curated group was kept on all K."""
     responses, rewards = list(row["responses"]), list(row["rewards"])
     correct, lengths = list(row["correct"]), list(row["token_lengths"])
-    advantages = list(row["advantages"])
+    finish_reasons, advantages = list(row["finish_reasons"]), list(row["advantages"])
     k = cfg.train.responses_per_group
     if k is not None and k < len(responses):
-        responses, rewards, correct, lengths = responses[:k], rewards[:k], correct[:k], lengths[:k]
+        responses, rewards, correct = responses[:k], rewards[:k], correct[:k]
+        lengths, finish_reasons = lengths[:k], finish_reasons[:k]
         advantages = group_advantages(rewards, eps=cfg.advantage.eps, bessel=cfg.advantage.bessel).tolist()
+    keep = keep_group(correct)
     if cfg.train.mode == "sft":
         best = best_response(advantages, lengths)
-        responses, advantages, correct = [responses[best]], [advantages[best]], [correct[best]]
-    return {"responses": responses, "advantages": advantages, "correct": correct}
+        responses, advantages = [responses[best]], [advantages[best]]
+        correct, finish_reasons = [correct[best]], [finish_reasons[best]]
+    return {"responses": responses, "advantages": advantages, "correct": correct,
+            "finish_reasons": finish_reasons, "keep": keep}
 
 
-def tokenize_group(row: dict[str, Any], tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Token ids of one group: the shared prompt and each response (EOS appended, cut to fit)."""
+def response_token_ids(encoded: list[list[int]], finish_reasons: list[str], end_of_turn_id: int,
+                       budget: int) -> tuple[list[list[int]], list[bool]]:
+    """Each response's training tokens and whether `max_seq_len` cut it: the end-of-turn token
+    after a response the teacher ended, nothing after one cut at the teacher's token limit, then
+    at most `budget` tokens."""
+    ids, truncated = [], []
+    for tokens, finish in zip(encoded, finish_reasons, strict=True):
+        tokens = list(tokens) + ([end_of_turn_id] if finish == TEACHER_ENDED else [])
+        truncated.append(len(tokens) > budget)
+        ids.append(tokens[:budget])
+    return ids, truncated
+
+
+def tokenize_group(row: dict[str, Any], tokenizer: Any, cfg: ExperimentConfig,
+                   end_of_turn_id: int | None = None) -> dict[str, Any]:
+    """Token ids of one group: the shared prompt and each response (end-of-turn appended where
+    the teacher ended it, cut to fit). `keep` is False for a group the K' keep rule drops (it is
+    tokenised all the same, so the caller can count it). `end_of_turn_id` defaults to the
+    student tokenizer's (`end_of_turn_token_ids`); callers tokenising many groups pass it once."""
     record = {"task": row["task"], "question": row["question"], "choices": row.get("choices")}
     prompt = build_prompt(tokenizer, record, few_shot=0, prompt_cfg=cfg.prompt)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -42,20 +71,29 @@ def tokenize_group(row: dict[str, Any], tokenizer: Any, cfg: ExperimentConfig) -
     budget = cfg.train.max_seq_len - len(prompt_ids)
     if budget < 1:
         raise ValueError(f"group {row['id']}: the prompt alone ({len(prompt_ids)} tokens) fills max_seq_len")
+    if end_of_turn_id is None:
+        end_of_turn_id = student_end_of_turn_id(tokenizer)
     encoded = tokenizer(chosen["responses"], add_special_tokens=False)["input_ids"]
-    response_ids, truncated = [], []
-    for ids in encoded:
-        ids = ids + [tokenizer.eos_token_id]
-        truncated.append(len(ids) > budget)
-        response_ids.append(ids[:budget])
+    response_ids, truncated = response_token_ids(encoded, chosen["finish_reasons"], end_of_turn_id, budget)
     return {
         "id": row["id"],
+        "keep": chosen["keep"],
         "prompt_ids": prompt_ids,
         "response_ids": response_ids,
         "advantages": [float(a) for a in chosen["advantages"]],
         "correct": [bool(c) for c in chosen["correct"]],
         "truncated": truncated,
+        "truncated_responses": sum(truncated),
     }
+
+
+def student_end_of_turn_id(tokenizer: Any) -> int:
+    """The token a trained student ends its turn with: the chat template's end-of-turn token
+    (else EOS), the one generation stops at."""
+    ids = end_of_turn_token_ids(tokenizer)
+    if not ids:
+        raise ValueError("the student tokenizer has neither a chat template end-of-turn token nor an EOS token")
+    return ids[0]
 
 
 def group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
@@ -101,7 +139,9 @@ def packed_group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Te
         positions += range(p, p + len(response))
         segment += [i] * len(response)
         # token j of response i is predicted from position start + j - 1 (the prompt's last for j = 0)
-        gather[i, : len(response)] = torch.tensor([p - 1] + list(range(start, start + len(response) - 1)))
+        # (a response cut at the teacher's limit may have no tokens at all: nothing to gather)
+        predicting = [p - 1] + list(range(start, start + len(response) - 1))
+        gather[i, : len(response)] = torch.tensor(predicting[: len(response)], dtype=torch.long)
         labels[i, : len(response)] = torch.tensor(response)
     seg = torch.tensor(segment)
     causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()

@@ -1,13 +1,18 @@
 """The training loop each Ray Train worker runs (SPEC §6, paper Appendix B).
 
-Data order is deterministic: every worker holds the (small) tokenised groups table, each epoch is
-a seeded permutation of it, and worker r takes every W-th group. An optimizer step is
-`grad_accum` groups per worker (micro-batch = 1 group), so a resumed run — from a checkpoint's
-global step — replays exactly the same micro-batches as an uninterrupted one.
+Data order is deterministic: every worker holds the (small) tokenised groups table and each epoch
+is a seeded permutation of it, cut into optimizer steps of `groups_per_step` groups whatever the
+number of workers W; worker r takes every W-th group of a step, one group per micro-batch. The
+last step of an epoch takes the remainder (no group is skipped), and a step whose groups do not
+divide by W gives the workers short of groups a padding micro-batch of weight 0: with FSDP every
+worker must run the same number of forward/backward passes (they are collectives). The gradient
+of a step is the mean over its groups. A resumed run — from a checkpoint's global step — replays
+exactly the same micro-batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -20,6 +25,7 @@ import torch
 
 from advdistill.config import ExperimentConfig
 from advdistill.loss import LossTerms, advdistill_loss_terms, sft_loss
+from advdistill.prompts import end_of_turn_token_ids
 from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
 from advdistill.train.model import ResponseLogProbs, shard_fsdp2
 
@@ -38,10 +44,23 @@ def epoch_order(n_groups: int, epoch: int, seed: int) -> list[int]:
     return order
 
 
-def steps_per_epoch(n_groups: int, world: int, grad_accum: int) -> int:
-    """Whole optimizer steps per epoch (the remainder groups of an epoch are skipped, as with
-    drop_last, so every worker runs the same number of collectives)."""
-    return n_groups // (world * grad_accum)
+def steps_per_epoch(n_groups: int, groups_per_step: int) -> int:
+    """Optimizer steps per epoch: every group once, the last step taking the remainder."""
+    return math.ceil(n_groups / groups_per_step)
+
+
+def step_groups(order: list[int], step_in_epoch: int, groups_per_step: int) -> list[int]:
+    """The groups (indices) of one optimizer step, in the epoch's order."""
+    return order[step_in_epoch * groups_per_step : (step_in_epoch + 1) * groups_per_step]
+
+
+def worker_micro_batches(groups: list[int], rank: int, world: int) -> list[tuple[int, float]]:
+    """(group, weight) of each micro-batch worker `rank` runs for a step's `groups`: every W-th
+    group with weight 1, then padding — the step's first group with weight 0 — so that every
+    worker runs ceil(len(groups) / W) forward/backward passes (FSDP's collectives)."""
+    passes = math.ceil(len(groups) / world)
+    mine = [(g, 1.0) for g in groups[rank::world]]
+    return mine + [(groups[0], 0.0)] * (passes - len(mine))
 
 
 MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "block_mask", "gather_index")
@@ -103,10 +122,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)
 
     train_groups, val_groups = _load_table("train"), _load_table("val")
-    n_steps_epoch = steps_per_epoch(len(train_groups), world, tc.grad_accum)
+    n_steps_epoch = steps_per_epoch(len(train_groups), tc.groups_per_step)
     if n_steps_epoch == 0:
-        raise ValueError(f"{len(train_groups)} training groups cannot fill one optimizer step of "
-                         f"{world} workers x grad_accum {tc.grad_accum}")
+        raise ValueError("no training groups (all held out for validation or dropped by the keep rule?)")
     total_steps = n_steps_epoch * tc.epochs
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
@@ -147,37 +165,46 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, tc.epochs):
         if global_step >= total_steps:
             break
-        mine = epoch_order(len(train_groups), epoch, tc.seed)[rank::world][: n_steps_epoch * tc.grad_accum]
+        order = epoch_order(len(train_groups), epoch, tc.seed)
         first = global_step - epoch * n_steps_epoch
         for step_in_epoch in range(first, n_steps_epoch):
             t0 = time.perf_counter()
-            sums = torch.zeros(4, device=device)  # summed on the device: no host sync per micro-batch
-            tokens = 0
-            micro = mine[step_in_epoch * tc.grad_accum : (step_in_epoch + 1) * tc.grad_accum]
-            for i, index in enumerate(micro):
+            # Summed on the device (no host sync per micro-batch): loss terms, tokens, responses
+            # cut at max_seq_len, over this worker's real groups.
+            sums = torch.zeros(6, device=device, dtype=torch.float64)
+            groups = step_groups(order, step_in_epoch, tc.groups_per_step)
+            micro = worker_micro_batches(groups, rank, world)
+            for i, (index, weight) in enumerate(micro):
                 group = train_groups[index]
                 # Reduce-scatter gradients once per optimizer step, not per micro-batch.
                 model.set_requires_gradient_sync(i == len(micro) - 1)
                 terms = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
-                (terms.total / len(micro)).backward()
-                sums += torch.stack([terms.total, terms.weighted_ce, terms.contrastive, terms.weight_entropy]).detach().float()
-                tokens += group_tokens(group, tc.shared_prefix_packing)
+                # FSDP averages gradients over the W workers, so each worker scales its sum by
+                # W / len(groups): the step's gradient is the mean over its groups.
+                (terms.total * (weight * world / len(groups))).backward()
+                if weight:  # a padding micro-batch adds nothing to the step's figures
+                    sums += torch.cat([
+                        torch.stack([terms.total, terms.weighted_ce, terms.contrastive, terms.weight_entropy]).detach().double(),
+                        sums.new_tensor([group_tokens(group, tc.shared_prefix_packing), group["truncated_responses"]]),
+                    ])
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
 
-            totals = _all_reduce_sum(torch.cat([sums, sums.new_tensor([tokens])]), device)
+            totals = _all_reduce_sum(sums, device)
             seconds = time.perf_counter() - t0
-            n_micro = len(micro) * world
+            n = len(groups)
             tokens_seen += int(totals[4])
             metrics = {
-                "step": global_step, "epoch": epoch + (step_in_epoch + 1) / n_steps_epoch,
-                "loss": totals[0] / n_micro, "weighted_ce": totals[1] / n_micro,
-                "contrastive": totals[2] / n_micro, "weight_entropy": totals[3] / n_micro,
+                "step": global_step, "epoch": epoch + (step_in_epoch + 1) / n_steps_epoch, "groups": n,
+                "loss": totals[0] / n, "weighted_ce": totals[1] / n,
+                "contrastive": totals[2] / n, "weight_entropy": totals[3] / n,
                 "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": totals[4] / seconds, "tokens": tokens_seen,
+                # responses of this step's groups that max_seq_len cut (SPEC §6)
+                "truncated_responses": int(totals[5]),
                 "step_seconds": seconds,
             }
             if tc.fail_at_step == global_step and not resumed:
@@ -263,7 +290,19 @@ def _export_hf(folder: Path, model, lm, student: str, rank: int) -> None:
     tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
-    export.generation_config = lm.generation_config
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    export.generation_config = with_end_of_turn_stops(lm.generation_config, tokenizer)
     export.save_pretrained(folder, safe_serialization=True)
-    AutoTokenizer.from_pretrained(student).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def with_end_of_turn_stops(generation_config, tokenizer):
+    """A copy of `generation_config` whose eos_token_id also lists the chat template's
+    end-of-turn token, which the student was trained to end its turns with: plain transformers
+    `generate` and vLLM then stop there too, not only the project's engines."""
+    config = copy.deepcopy(generation_config)
+    eos = config.eos_token_id
+    eos = list(eos) if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
+    config.eos_token_id = list(dict.fromkeys(eos + list(end_of_turn_token_ids(tokenizer))))
+    return config
 

@@ -1,7 +1,9 @@
 """Stage 2, distill: the driver side of training on Ray Train.
 
-Reads the groups table with Ray Data, tokenises it there (CPU tasks), holds out validation
-groups, and runs `train_loop` on a `TorchTrainer` (FSDP2, gloo on CPU, NCCL on GPU). Everything
+Reads the groups table with Ray Data, tokenises it there (CPU tasks), drops the groups the
+`responses_per_group` keep rule rejects (counted), holds out validation groups (`val_fraction`,
+by id hash — a stated choice, reported), counts the responses `max_seq_len` cuts, and runs
+`train_loop` on a `TorchTrainer` (FSDP2, gloo on CPU, NCCL on GPU). Everything
 a worker writes goes through Ray Train's storage (`OUTPUT/checkpoints`), so the same code works
 on a laptop and on a cluster with shared storage; at the end the driver copies the last
 checkpoint's transformers export to `OUTPUT/final` and its metrics to `OUTPUT/metrics.jsonl`.
@@ -20,10 +22,11 @@ from typing import Any
 import pyarrow as pa
 
 from advdistill.config import ExperimentConfig, dump_config
-from advdistill.train.collate import tokenize_group
+from advdistill.train.collate import student_end_of_turn_id, tokenize_group
 from advdistill.train.loop import HF_EXPORT, METRICS_FILE, train_loop
 
-GROUP_COLUMNS = ["id", "task", "question", "choices", "responses", "token_lengths", "correct", "rewards", "advantages"]
+GROUP_COLUMNS = ["id", "task", "question", "choices", "responses", "token_lengths", "finish_reasons", "correct",
+                 "rewards", "advantages"]
 
 
 def groups_folder(path: str | Path) -> Path:
@@ -50,10 +53,29 @@ def _tokenizer(student: str):
 
 def _tokenize_batch(batch: pa.Table, cfg: ExperimentConfig, student: str) -> pa.Table:
     tokenizer = _tokenizer(student)
-    rows = [tokenize_group(row, tokenizer, cfg) for row in batch.to_pylist()]
+    end_of_turn_id = student_end_of_turn_id(tokenizer)
+    rows = [tokenize_group(row, tokenizer, cfg, end_of_turn_id) for row in batch.to_pylist()]
     for row in rows:
         row["val"] = is_validation(row["id"], cfg.train.val_fraction)
     return pa.Table.from_pylist(rows)
+
+
+def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a run trains on, stated in result.json and the report (SPEC §5-6), from each tokenised
+    group's `keep`, `val` and `truncated_responses`: groups trained on, held out (and the
+    fraction), dropped by the K' keep rule, groups per step, and the responses max_seq_len cut."""
+    train = [f for f in flags if f["keep"] and not f["val"]]
+    val = [f for f in flags if f["keep"] and f["val"]]
+    tc = cfg.train
+    return {
+        "train_groups": len(train), "val_groups": len(val), "val_fraction": tc.val_fraction,
+        "groups_per_step": tc.groups_per_step, "responses_per_group": tc.responses_per_group,
+        "dropped_groups": sum(not f["keep"] for f in flags), "max_seq_len": tc.max_seq_len,
+        "truncated_responses": sum(f["truncated_responses"] for f in train),
+        "truncated_groups": sum(f["truncated_responses"] > 0 for f in train),
+        "val_truncated_responses": sum(f["truncated_responses"] for f in val),
+        "val_truncated_groups": sum(f["truncated_responses"] > 0 for f in val),
+    }
 
 
 def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, student: str | None = None) -> dict[str, Any]:
@@ -72,10 +94,17 @@ def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, stud
     table = ray.data.read_parquet(str(groups_folder(groups)), columns=GROUP_COLUMNS)
     tokenized = table.map_batches(_tokenize_batch, fn_kwargs={"cfg": cfg, "student": student},
                                   batch_format="pyarrow", batch_size=64).materialize()
-    train_ds = tokenized.filter(expr=col("val") == False).materialize()  # noqa: E712 - an expression, not a bool
-    val_ds = tokenized.filter(expr=col("val") == True).materialize()  # noqa: E712
-    n_train, n_val = train_ds.count(), val_ds.count()
-    print(f"[train] {cfg.train.mode}: {n_train} training groups, {n_val} validation groups, student {student}", flush=True)
+    data = training_contract(tokenized.select_columns(["keep", "val", "truncated_responses"]).take_all(), cfg)
+    # `== True/False`: Ray Data expressions, not Python bools.
+    train_ds = tokenized.filter(expr=(col("keep") == True) & (col("val") == False)).materialize()  # noqa: E712
+    val_ds = tokenized.filter(expr=(col("keep") == True) & (col("val") == True)).materialize()  # noqa: E712
+    tc = cfg.train
+    dropped = (f", {data['dropped_groups']} dropped (no correct response in the first {tc.responses_per_group})"
+               if tc.responses_per_group is not None else "")
+    print(f"[train] {tc.mode}: {data['train_groups']} training groups, {data['val_groups']} validation groups "
+          f"(val_fraction {tc.val_fraction}){dropped}; {tc.groups_per_step} groups per optimizer step; "
+          f"{data['truncated_responses']} training responses cut at max_seq_len {tc.max_seq_len}; student {student}",
+          flush=True)
 
     res = cfg.train.resources
     use_gpu = res.use_gpu if res.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
@@ -106,7 +135,8 @@ def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, stud
             shutil.rmtree(final)
         shutil.copytree(folder / HF_EXPORT, final)
         shutil.copy(folder / METRICS_FILE, output / METRICS_FILE)
-    metrics = dict(result.metrics or {})
-    metrics.update({"train_groups": n_train, "val_groups": n_val, "mode": cfg.train.mode, "student": student})
+    # The last step's figures, less its per-step counts: the run's totals replace them.
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k not in ("groups", "truncated_responses")}
+    metrics.update({**data, "mode": cfg.train.mode, "student": student})
     (output / "result.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
