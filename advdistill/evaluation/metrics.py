@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
+from advdistill.evaluation.stats import wilson_interval
 from advdistill.scoring.extract import last_boxed
 
 
@@ -75,10 +76,13 @@ def template_adherence(responses: Sequence[str]) -> dict[str, float]:
 
 
 def summarize(responses: Sequence[str], token_counts: Sequence[int], correct: Sequence[bool]) -> dict[str, Any]:
-    """Every SPEC §7 metric for one set of responses."""
+    """Every SPEC §7 metric for one set of responses; the accuracy with its 95% (Wilson)
+    interval, since a share of n items is only as good as n."""
+    interval = wilson_interval(correct)
     return {
         "n": len(responses),
         "accuracy": accuracy(correct),
+        "accuracy_interval": [interval.low, interval.high],
         **verbosity(token_counts, correct),
         **degeneracy(responses, correct),
         "template": template_adherence(responses),

@@ -7,7 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from advdistill.report import plots
-from advdistill.report.tables import accuracy_table, behaviour_tables, breakdown_table, cost_table, training_table
+from advdistill.evaluation.stats import aligned, discordant_pairs, paired_difference
+from advdistill.report.tables import (
+    accuracy_table,
+    behaviour_tables,
+    breakdown_table,
+    cost_table,
+    paired_table,
+    training_table,
+)
+
+# The comparisons the paper's claim rests on: each distilled student against the base it started
+# from, and the two methods against each other (AdvDistill − SFT).
+COMPARISONS = (("advdistill", "sft"), ("advdistill", "base"), ("sft", "base"))
 
 
 def _read_json(path: Path) -> Any:
@@ -29,6 +41,29 @@ def load_results(run: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dic
     return results
 
 
+def load_verdicts(run: Path, model: str, split: str) -> dict[str, bool] | None:
+    """{item id: correct} of one evaluation (its predictions.jsonl), or None if it did not run."""
+    rows = _read_jsonl(run / "eval" / f"{model}-{split}" / "predictions.jsonl")
+    return {r["id"]: bool(r["correct"]) for r in rows} if rows else None
+
+
+def paired_comparisons(run: Path, models: list[str], splits: list[str],
+                       pairs: tuple[tuple[str, str], ...] = COMPARISONS) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """comparisons[(a, b)][split] = the paired difference acc(a) − acc(b) on that split's items,
+    its bootstrap interval and the discordant counts, for every pair both of whose evaluations ran."""
+    out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for a, b in pairs:
+        if a not in models or b not in models:
+            continue
+        for split in splits:
+            va, vb = load_verdicts(run, a, split), load_verdicts(run, b, split)
+            if va is None or vb is None:
+                continue
+            x, y = aligned(va, vb)
+            out.setdefault((a, b), {})[split] = {**paired_difference(x, y).as_dict(), **discordant_pairs(x, y)}
+    return out
+
+
 def write_report(run: str | Path) -> Path:
     """Write RUN/report/report.md (+ PNGs) and return its path."""
     from advdistill.teacher.stage import read_shards
@@ -46,7 +81,16 @@ def write_report(run: str | Path) -> Path:
     sections = [f"# AdvDistill report: {manifest['name']}",
                 f"Teacher `{manifest['models']['teacher']['path']}`, student `{manifest['models']['base']['path']}`; "
                 f"trained on `{manifest['train_dataset']}`. OOD sets are marked *.",
-                "## Accuracy (paper Table 1 shape)", accuracy_table(results, splits, ood)]
+                "## Accuracy (paper Table 1 shape)",
+                "Greedy decoding; each accuracy with its 95% (Wilson) interval.",
+                accuracy_table(results, splits, ood)]
+    comparisons = paired_comparisons(run, list(manifest["models"]), splits)
+    if comparisons:
+        sections += ["## Paired differences",
+                     "Accuracy of one model minus another's on the same items, in points, with a paired-bootstrap "
+                     "95% interval (10,000 resamples of the items); in brackets after it, the items only the first "
+                     "and only the second model gets right. An interval that contains 0 is no evidence of a difference.",
+                     paired_table(comparisons, splits, ood)]
     for label in splits:
         for key in ("perturbation_type", "category"):
             table = breakdown_table(results, label, key)

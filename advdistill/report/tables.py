@@ -30,11 +30,44 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def accuracy_cell(metrics: dict[str, Any] | None) -> str:
+    """`65.20% [62.2, 68.1]`: the accuracy and its 95% interval, in points."""
+    if not metrics or metrics.get("accuracy") is None:
+        return "–"
+    interval = metrics.get("accuracy_interval")
+    if not interval:
+        return _pct(metrics["accuracy"])
+    return f"{_pct(metrics['accuracy'])} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def accuracy_table(results: dict[str, dict[str, dict[str, Any]]], splits: Sequence[str], ood: Sequence[str]) -> str:
-    """Table 1: rows teacher / base / SFT / AdvDistill, a column per split (OOD marked *)."""
-    header = ["Model"] + [f"{s}*" if s in ood else s for s in splits]
-    rows = [[model_label(m)] + [_pct(results[m].get(s, {}).get("accuracy")) for s in splits] for m in results]
-    return markdown_table(header, rows)
+    """Table 1: rows teacher / base / SFT / AdvDistill, a column per split (OOD marked *), each
+    accuracy with its 95% interval and the item count in the header."""
+    def head(split: str) -> str:
+        n = next((per[split]["n"] for per in results.values() if split in per), None)
+        return f"{split}{'*' if split in ood else ''} (n = {n:,})" if n is not None else split
+
+    rows = [[model_label(m)] + [accuracy_cell(results[m].get(s)) for s in splits] for m in results]
+    return markdown_table(["Model"] + [head(s) for s in splits], rows)
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def paired_table(comparisons: dict[tuple[str, str], dict[str, dict[str, Any]]], splits: Sequence[str],
+                 ood: Sequence[str]) -> str:
+    """Paired differences `a − b` in accuracy points on the same items, with their paired-bootstrap
+    95% interval and the items only one of the two gets right (`a only / b only`)."""
+    rows = []
+    for (a, b), per_split in comparisons.items():
+        cells = []
+        for split in splits:
+            c = per_split.get(split)
+            cells.append("–" if c is None else f"{_points(c['value'])} [{_points(c['low'])}, {_points(c['high'])}] "
+                                                f"({c['only_a']} / {c['only_b']})")
+        rows.append([f"{model_label(a)} − {model_label(b)}"] + cells)
+    return markdown_table(["Difference (points)"] + [f"{s}*" if s in ood else s for s in splits], rows)
 
 
 def behaviour_tables(results: dict[str, dict[str, dict[str, Any]]], splits: Sequence[str]) -> str:

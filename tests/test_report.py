@@ -1,0 +1,47 @@
+"""The report's accuracy intervals and paired differences, on a hand-made run folder."""
+
+import json
+
+import pytest
+
+from advdistill.evaluation.metrics import summarize_predictions
+from advdistill.report.build import paired_comparisons, write_report
+
+
+def _write_eval(run, model, split, verdicts):
+    folder = run / "eval" / f"{model}-{split}"
+    folder.mkdir(parents=True)
+    rows = [{"id": f"q{i}", "response": "r", "tokens": 3, "correct": c} for i, c in enumerate(verdicts)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "metrics.json").write_text(json.dumps(summarize_predictions(rows)))
+
+
+@pytest.fixture()
+def run(tmp_path):
+    # 40 items: base right on 10; SFT on those 10 and 10 more; AdvDistill on SFT's 20 and 4 more.
+    verdicts = {"base": [i < 10 for i in range(40)], "sft": [i < 20 for i in range(40)],
+                "advdistill": [i < 24 for i in range(40)], "teacher": [True] * 40}
+    for model, v in verdicts.items():
+        _write_eval(tmp_path, model, "toy-test", v)
+    (tmp_path / "run.json").write_text(json.dumps({
+        "name": "toy", "train_dataset": "toy-train", "splits": ["toy-test"], "ood": [],
+        "models": {m: {"path": m, "few_shot": 0} for m in verdicts}, "stages": {}}))
+    return tmp_path
+
+
+def test_paired_comparisons_count_the_items_each_side_wins(run):
+    comparisons = paired_comparisons(run, ["teacher", "base", "sft", "advdistill"], ["toy-test"])
+    assert list(comparisons) == [("advdistill", "sft"), ("advdistill", "base"), ("sft", "base")]
+    adv_sft = comparisons[("advdistill", "sft")]["toy-test"]
+    assert adv_sft["value"] == pytest.approx(4 / 40)
+    assert (adv_sft["only_a"], adv_sft["only_b"]) == (4, 0)
+    # AdvDistill never loses an item to SFT here: no resample can make the difference negative.
+    assert 0 <= adv_sft["low"] <= adv_sft["value"] <= adv_sft["high"]
+    assert comparisons[("sft", "base")]["toy-test"]["value"] == pytest.approx(10 / 40)
+
+
+def test_report_shows_intervals_and_differences(run):
+    report = write_report(run).read_text()
+    assert "toy-test (n = 40)" in report
+    assert "| Student AdvDistill | 60.00% [" in report
+    assert "| Student AdvDistill − Student SFT | +10.0 [" in report and "(4 / 0)" in report
