@@ -9,8 +9,16 @@ from hypothesis import strategies as st
 
 from advdistill.prompts import template_response
 from advdistill.scoring import composite_reward, extract_answer, format_reward, is_correct
+from advdistill.scoring import math_verify_pool
 
 from conftest import read_jsonl
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_math_verify():
+    """A process's first LaTeX answer starts its math-verify workers (about a second, once);
+    that start-up is not part of a response's time, which the tests below bound."""
+    math_verify_pool.warm_up()
 
 
 def gsm8k_reference(answer_field: str) -> str:

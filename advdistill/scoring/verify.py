@@ -1,151 +1,59 @@
-"""Correctness, SPEC §3.
+"""Correctness, SPEC §3: is a response's extracted answer the reference?
 
-Math: a fast exact path for plain numbers (strip `,`, `$`, `%`, units; compare as rationals),
-else math-verify (`verify(gold, answer)`, gold first). GSM-PLUS "critical thinking" items have
-reference None: correct iff the answer is None/"none". Multiple choice: the option letter equals
-the reference letter. Never raises; bounded in time whatever the input.
+- Multiple choice (mmlu_pro): the option letter equals the reference letter.
+- GSM-PLUS "critical thinking" (reference None): correct iff there is no final answer, or the
+  final answer says the question cannot be answered (`critical_thinking`).
+- Math (gsm8k, gsm_plus, open_s1, open_rs, synthetic): two plain numbers are compared here, in
+  this process, as math-verify would compare them (`numbers`: integers and fractions exactly,
+  decimals by math-verify's 6-digit rounding); anything else is math-verify's verdict
+  (`verify(parse(gold), parse(answer))`, gold first), computed in a worker process that is
+  killed at the deadline (`math_verify_pool`).
+- No extractable answer is incorrect (critical thinking aside).
+
+Never raises. Bounded in time whatever the input, in any thread or process: extraction and the
+number path are linear in the text, and math-verify gets at most `math_verify_pool.TIME_LIMIT_S`
+per response; a timeout counts as incorrect. No guard rejects answers by their shape (`6!`,
+`\\binom{8}{3}`, `2^{10}\\cdot 3^{5}` are judged by math-verify like any other answer).
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import signal
-import threading
-from contextlib import contextmanager
-from fractions import Fraction
-from functools import lru_cache
-from typing import Iterator
-
+from advdistill.scoring.critical_thinking import critical_thinking_correct
 from advdistill.scoring.extract import MULTIPLE_CHOICE_TASKS, extract_answer, normalize_choice
+from advdistill.scoring.math_verify_pool import latex_answers_match
+from advdistill.scoring.numbers import numbers_match, parse_number, read_number
 
-# math-verify (sympy) only sees short answers: anything longer is not a final value, and sympy
-# time grows with the input. Towers of powers and factorials can explode in few characters.
-_MATH_VERIFY_MAX_CHARS = 120
-_MATH_VERIFY_SECONDS = 0.5
-_EXPLOSIVE = re.compile(r"(\^.*){3,}|!|\\binom|\\int|\\sum|\\prod")
+__all__ = ["answers_match", "is_correct", "parse_number"]
 
 
-class _DropTimeoutNotice(logging.Filter):
-    """math-verify warns once that its own timeout is off; ours (`_time_limit`) is on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
+def _is_critical_thinking(reference: str | None, task: str) -> bool:
+    return reference is None or (task == "gsm_plus" and str(reference).strip().lower() == "none")
 
 
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_DropTimeoutNotice())
-
-_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
-_FRAC = re.compile(r"^(-?)\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}$")
-_PLAIN = re.compile(r"^([-+]?)\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(\d+))?\s*(?:[a-zA-Z][a-zA-Z .]*)?$")
-_NOISE = ("\\!", "\\,", "\\;", "\\ ", "\\$", "$", "\\%", "%", "^\\circ", "^{\\circ}", "\\left", "\\right")
+def _choice_matches(answer: str, reference: str) -> bool:
+    letter = normalize_choice(answer)
+    return letter is not None and letter == reference.strip().upper()
 
 
-def parse_number(text: str) -> Fraction | None:
-    """A plain number (with commas, $, %, trailing units, a/b or \\frac{a}{b}) as a Fraction."""
-    s = _WRAPPERS.sub(r"\1", text.strip())
-    for noise in _NOISE:
-        s = s.replace(noise, "")
-    s = s.replace(",", "").strip().rstrip(".").strip()
-    if not s or len(s) > 64:
-        return None
-    m = _FRAC.match(s)
-    if m:
-        sign, num, den = m.groups()
-        if int(den) == 0:
-            return None
-        value = Fraction(int(num), int(den))
-        return -value if sign else value
-    m = _PLAIN.match(s)
-    if not m:
-        return None
-    sign, number, den = m.groups()
-    try:
-        value = Fraction(number)
-        if den is not None:
-            if int(den) == 0:
-                return None
-            value /= int(den)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return -value if sign == "-" else value
-
-
-class _Timeout(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """A sub-second wall-clock limit where signals work (the main thread); a no-op elsewhere,
-    where the input-size and explosive-pattern guards bound the work instead."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum, frame):  # noqa: ARG001
-        raise _Timeout
-
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@lru_cache(maxsize=1)
-def _warm_up_math_verify() -> None:
-    """The first parse builds math-verify's LaTeX parser (~1 s); do it once outside the limit
-    so the first real answer is not timed out for it."""
-    from math_verify import parse, verify
-
-    verify(parse("\\boxed{x^2+1}", parsing_timeout=None), parse("\\boxed{1+x^2}", parsing_timeout=None), timeout_seconds=None)
-
-
-def _math_verify_equal(answer: str, reference: str) -> bool:
-    if len(answer) > _MATH_VERIFY_MAX_CHARS or len(reference) > _MATH_VERIFY_MAX_CHARS:
+def _math_matches(answer: str, reference: str) -> bool:
+    if not answer.strip():
         return False
-    if _EXPLOSIVE.search(answer):
-        return False
-    from math_verify import parse, verify  # imported lazily: sympy is slow to import
-
-    _warm_up_math_verify()
-    try:
-        with _time_limit(_MATH_VERIFY_SECONDS):
-            gold = parse(f"\\boxed{{{reference}}}", parsing_timeout=None)
-            pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=None)
-            if not gold or not pred:
-                return False
-            return bool(verify(gold, pred, timeout_seconds=None))
-    except (_Timeout, Exception):  # noqa: BLE001 - a verifier must never raise
-        return False
-
-
-def _is_none_answer(answer: str | None) -> bool:
-    if answer is None:
-        return True
-    s = _WRAPPERS.sub(r"\1", answer).strip().strip(".").lower()
-    return s in {"none", "no answer", "no solution", "\\text{none}", "\\emptyset", "\\varnothing"}
+    gold, pred = read_number(reference), read_number(answer)
+    if gold is not None and pred is not None:
+        return numbers_match(gold, pred)
+    return latex_answers_match(reference, answer)
 
 
 def answers_match(answer: str | None, reference: str | None, task: str) -> bool:
     """Whether an extracted answer equals the reference, SPEC §3 (never raises)."""
     try:
-        if reference is None or (task == "gsm_plus" and str(reference).strip().lower() == "none"):
-            return _is_none_answer(answer)
+        if _is_critical_thinking(reference, task):
+            return critical_thinking_correct(answer)
         if answer is None:
             return False
-        reference = str(reference)
         if task in MULTIPLE_CHOICE_TASKS:
-            letter = normalize_choice(answer)
-            return letter is not None and letter == reference.strip().upper()
-        ref_value, ans_value = parse_number(reference), parse_number(answer)
-        if ref_value is not None and ans_value is not None:
-            return ref_value == ans_value
-        return _math_verify_equal(answer, reference)
+            return _choice_matches(str(answer), str(reference))
+        return _math_matches(str(answer), str(reference))
     except Exception:  # noqa: BLE001 - a verifier must never raise
         return False
 
