@@ -170,6 +170,15 @@ class TrainConfig(Section):
     responses_per_group: int | None = Field(None, ge=1)
     # Pack a group as one sequence: the prompt once, then each response attending to it.
     shared_prefix_packing: bool = False
+    # How a packed group attends (advdistill/train/attention.py): "segments" = per-segment SDPA,
+    # only the visible scores, any device; "flex" = FlexAttention's block-sparse kernels (CUDA
+    # only: torch has no FlexAttention backward on CPU); "dense" = one L x L boolean mask, every
+    # score computed. "auto" = flex on GPU, segments on CPU (bench/RESULTS.md section 3).
+    packed_attention: Literal["auto", "dense", "segments", "flex"] = "auto"
+    # Recompute each decoder layer's forward in backward instead of keeping its activations: about
+    # a third more compute for a fraction of the activation memory (docs/memory.md). On in the
+    # paper configs, whose K = 8 x 2,048-token groups would not fit a 40 GB GPU without it.
+    activation_checkpointing: bool = False
     num_workers: int = Field(2, ge=1)
     resources: ResourcesConfig = ResourcesConfig()
     bf16: bool = True  # mixed precision on GPU (CPU trains in fp32)

@@ -44,6 +44,7 @@ def test_paper_configs_follow_the_paper(name):
     stated = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())["train"]
     assert {"groups_per_step", "val_fraction"} <= stated.keys()
     assert cfg.curate.resources.use_gpu and t.resources.use_gpu and cfg.eval.resources.use_gpu and t.bf16
+    assert t.activation_checkpointing  # K = 8 x 2,048 tokens of a 1.5B/3B student (docs/memory.md)
     ood = {"paper-gsm8k": ["gsm_plus"], "paper-open-s1": ["open_rs"], "paper-mmlu-pro": []}[name]
     assert [d.name for d in cfg.eval.ood] == ood
 

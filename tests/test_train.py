@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import ExperimentConfig, TrainConfig
 from advdistill.train.collate import tokenize_group
-from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch
+from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch, packed_attention
 from advdistill.train.model import ResponseLogProbs
 from advdistill.train.trainer import groups_folder, train
 
@@ -90,9 +90,12 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
     cfg = train_cfg(tiny_cfg, max_steps=1, groups_per_step=6, shared_prefix_packing=packed)
     metrics = train(cfg, groups, tmp_path)
 
-    # The same step in this process, without FSDP: the step's 6 groups, averaged.
+    # The same step in this process, without FSDP: the step's 6 groups, averaged, through the same
+    # packed attention backend as the workers (backends agree to rounding, tests/test_packing.py;
+    # Adam's first step turns rounding in near-zero gradients into whole-step differences).
     tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
-    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32))
+    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
+                             packed_attention=packed_attention(cfg, "cpu"))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     micro = epoch_order(len(tokenized), 0, cfg.train.seed)[:6]
     total = 0.0
@@ -166,7 +169,8 @@ def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster,
     # The same epoch in this process, without FSDP: each step's groups, averaged.
     from transformers import get_cosine_schedule_with_warmup
 
-    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32))
+    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
+                             packed_attention=packed_attention(cfg, "cpu"))  # the workers' backend
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 7)
     order = epoch_order(len(kept), 0, cfg.train.seed)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from advdistill.config import ExperimentConfig
-from advdistill.loss import IGNORE_INDEX
 from advdistill.prompts import build_prompt, end_of_turn_token_ids
 from advdistill.scoring import best_response, group_advantages, keep_group
+# The tensor layouts live in a pure-torch module (bench/gpu_train.py imports it without the config
+# stack); re-exported here, where the rest of collation is.
+from advdistill.train.layout import group_batch, group_tokens, packed_group_batch  # noqa: F401
 
 TEACHER_ENDED = "stop"  # finish reason of a response the teacher ended itself (vs "length")
 
@@ -94,71 +94,3 @@ def student_end_of_turn_id(tokenizer: Any) -> int:
     if not ids:
         raise ValueError("the student tokenizer has neither a chat template end-of-turn token nor an EOS token")
     return ids[0]
-
-
-def group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
-    """One group as N right-padded sequences `prompt + response_i`; labels hold the response
-    tokens and IGNORE_INDEX elsewhere."""
-    prompt = list(group["prompt_ids"])
-    sequences = [prompt + list(r) for r in group["response_ids"]]
-    width = max(len(s) for s in sequences)
-    n = len(sequences)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(prompt) : len(seq)] = torch.tensor(seq[len(prompt) :])
-        attention_mask[i, : len(seq)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "advantages": torch.tensor(group["advantages"], dtype=torch.float32),
-        "correct": torch.tensor(group["correct"], dtype=torch.bool),
-    }
-
-
-def packed_group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
-    """One group as ONE sequence: the prompt once, then every response (shared-prefix packing).
-
-    Each response attends to the prompt and to its own earlier tokens only (a block attention
-    mask), and its positions continue from the end of the prompt, so its log-probs equal those of
-    `prompt + response` on its own; the prompt is computed once instead of N times. The first
-    token of every response is predicted from the prompt's last position; `gather_index` says
-    which position predicts each response token ((N, R) like the labels)."""
-    prompt = list(group["prompt_ids"])
-    responses = [list(r) for r in group["response_ids"]]
-    p, n, width = len(prompt), len(responses), max(len(r) for r in responses)
-    ids, positions, segment = list(prompt), list(range(p)), [-1] * p
-    gather = torch.zeros((n, width), dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    for i, response in enumerate(responses):
-        start = len(ids)
-        ids += response
-        positions += range(p, p + len(response))
-        segment += [i] * len(response)
-        # token j of response i is predicted from position start + j - 1 (the prompt's last for j = 0)
-        # (a response cut at the teacher's limit may have no tokens at all: nothing to gather)
-        predicting = [p - 1] + list(range(start, start + len(response) - 1))
-        gather[i, : len(response)] = torch.tensor(predicting[: len(response)], dtype=torch.long)
-        labels[i, : len(response)] = torch.tensor(response)
-    seg = torch.tensor(segment)
-    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
-    visible = causal & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None]))
-    return {
-        "input_ids": torch.tensor([ids]),
-        "position_ids": torch.tensor([positions]),
-        "block_mask": visible[None, None],  # (1, 1, L, L), True = may attend
-        "gather_index": gather,
-        "labels": labels,
-        "advantages": torch.tensor(group["advantages"], dtype=torch.float32),
-        "correct": torch.tensor(group["correct"], dtype=torch.bool),
-    }
-
-
-def group_tokens(group: dict[str, Any], packed: bool = False) -> int:
-    """Tokens the model reads for a group: N separate sequences, or one packed sequence."""
-    responses = sum(len(r) for r in group["response_ids"])
-    prompts = len(group["prompt_ids"]) * (1 if packed else len(group["response_ids"]))
-    return prompts + responses

@@ -27,7 +27,8 @@ from advdistill.config import ExperimentConfig
 from advdistill.loss import LossTerms, advdistill_loss_terms, sft_loss
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
-from advdistill.train.model import ResponseLogProbs, shard_fsdp2
+from advdistill.train.attention import resolve_packed_attention
+from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing, shard_fsdp2
 
 TRAINER_STATE = "trainer_state.json"
 HF_EXPORT = "hf"
@@ -63,12 +64,20 @@ def worker_micro_batches(groups: list[int], rank: int, world: int) -> list[tuple
     return mine + [(groups[0], 0.0)] * (passes - len(mine))
 
 
-MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "block_mask", "gather_index")
+MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids", "gather_index")
 
 
 def make_batch(group: dict[str, Any], cfg: ExperimentConfig, pad_id: int) -> dict[str, torch.Tensor]:
     """A group's tensors in the configured layout (separate sequences or shared-prefix packed)."""
     return packed_group_batch(group, pad_id) if cfg.train.shared_prefix_packing else group_batch(group, pad_id)
+
+
+def packed_attention(cfg: ExperimentConfig, device_type: str) -> str:
+    """The attention backend of packed groups (`train.packed_attention`, `auto` by device); the
+    separate layout always runs the model's own attention."""
+    if not cfg.train.shared_prefix_packing:
+        return "dense"
+    return resolve_packed_attention(cfg.train.packed_attention, device_type)
 
 
 def loss_terms(model: ResponseLogProbs, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> LossTerms:
@@ -131,8 +140,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     lm.config.use_cache = False
-    model = ResponseLogProbs(lm, chunk_size=tc.loss.chunk_size).to(device)
-    model = shard_fsdp2(model, device.type, world, bf16=tc.bf16 and on_gpu)
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(lm)  # before sharding: FSDP2's hooks then run inside each checkpoint
+    model = ResponseLogProbs(lm, chunk_size=tc.loss.chunk_size, packed_attention=packed_attention(cfg, device.type))
+    model = shard_fsdp2(model.to(device), device.type, world, bf16=tc.bf16 and on_gpu)
+    model.train()  # from_pretrained returns eval mode, where transformers skips activation checkpointing
     optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total_steps), total_steps)
     pad_id = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
