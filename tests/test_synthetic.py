@@ -13,7 +13,7 @@ def test_make_split_is_deterministic_and_prefix_stable():
 
 
 def test_records_follow_the_spec_schema_with_unique_ids():
-    for split in ("train", "test", "ood"):
+    for split in ("train", "val", "test", "ood"):
         records = make_split(split, 300)
         assert len({r["id"] for r in records}) == 300
         for r in records:
@@ -22,13 +22,31 @@ def test_records_follow_the_spec_schema_with_unique_ids():
 
 
 def test_splits_are_disjoint():
-    train = {r["question"] for r in make_split("train", 5000)}
-    for split in ("test", "ood"):
-        assert not train & {r["question"] for r in make_split(split, 1000)}
+    questions = {split: {r["question"] for r in make_split(split, 2000)} for split in ("train", "val", "test", "ood")}
+    for a in questions:
+        for b in questions:
+            if a < b:
+                assert not questions[a] & questions[b], (a, b)
+
+
+def test_styles_change_the_solution_wording_never_the_problem():
+    restate, terse = make_split("test", 200), make_split("test", 200, style="terse")
+    for r, t in zip(restate, terse):
+        assert (r["id"], r["question"], r["reference"]) == (t["id"], t["question"], t["reference"])
+        assert is_correct(t["meta"]["solution"], t["reference"], "synthetic")
+        # restating quotes each operation's sentence before computing; terse computes only
+        assert r["meta"]["solution"].count(":") == r["meta"]["num_ops"] and ":" not in t["meta"]["solution"]
+
+
+def test_restated_lines_quote_the_question():
+    for r in make_split("test", 200):
+        lines = r["meta"]["solution"].split("<think>\n")[1].split("\n</think>")[0].splitlines()
+        for line in lines[1:]:
+            assert line.split(":")[0] in r["question"], (line, r["question"])
 
 
 def test_every_reference_solution_verifies_and_follows_the_template():
-    for split in ("train", "test", "ood"):
+    for split in ("train", "val", "test", "ood"):
         for r in make_split(split, 400):
             solution = r["meta"]["solution"]
             assert format_reward(solution) == 1.0

@@ -142,7 +142,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "mmlu_pro": DatasetSpec("TIGER-Lab/MMLU-Pro", None, {"train": "test", "test": "test", "validation": "validation"},
                             _mmlu_pro, seeded_test_size=2284, group_by="category"),
 }
-SYNTHETIC_SIZES = {"train": 5000, "test": 500, "ood": 500}
+SYNTHETIC_SIZES = {"train": 5000, "val": 500, "test": 1000, "ood": 1000}
 # open-rs levels counted as "hard" (case-insensitive); the paper evaluates 850 of them.
 OPEN_RS_HARD_LEVELS = ("hard",)
 

@@ -1,12 +1,29 @@
 """The synthetic reasoning task: GSM8K-like arithmetic word problems a CPU model can learn.
 
-A problem starts with a quantity and applies 1–3 operations (buy/give/double/split…); the
-reference solution reasons line by line inside `<think>` and boxes the result inside `<answer>`.
+A problem starts with a quantity and applies 1–3 operations (buy/give/double/split…). Its
+reference solution reasons inside `<think>` one sentence at a time — it restates each sentence of
+the question, then computes — and boxes the result inside `<answer>`:
+
+    Omar has 4 cookies. He finds 5 more. Then he loses 6. How many cookies does Omar have now?
+
+    <think>
+    Omar has 4 cookies.
+    He finds 5 more: 4 + 5 = 9.
+    Then he loses 6: 9 - 6 = 3.
+    </think>
+    <answer>
+    \\boxed{3}
+    </answer>
+
+Restating makes every operand local to the line that uses it, which is what lets a model of a
+million parameters solve multi-step problems; the `terse` style (computations only, operands
+fetched from the question) is the harder way to reason, used to build the student base.
 
 Splits are disjoint by construction: every problem's *arithmetic skeleton* (start value and
-operations) hashes into a bucket range of its split, so no test or OOD computation — let alone a
-question — ever appears in train, whatever the split sizes. The `ood` split mirrors the GSM-PLUS
-perturbations that fit the task, each record tagged with its `perturbation_type`.
+operations) hashes into a bucket range of its split, so no validation, test or OOD computation —
+let alone a question — ever appears in train, whatever the split sizes. `val` is for choosing
+hyperparameters (never test or OOD). The `ood` split mirrors the GSM-PLUS perturbations that fit
+the task, each record tagged with its `perturbation_type`.
 """
 
 from __future__ import annotations
@@ -14,11 +31,11 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from advdistill.prompts import template_response
 
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "val", "test", "ood")
 PERTURBATIONS = (
     "numerical substitution",
     "digit expansion",
@@ -27,7 +44,9 @@ PERTURBATIONS = (
     "reversing operation",
 )
 # Bucket ranges (of 100) that a skeleton must hash into for each split.
-_BUCKETS = {"train": range(0, 80), "test": range(80, 90), "ood": range(90, 100)}
+_BUCKETS = {"train": range(0, 75), "val": range(75, 80), "test": range(80, 90), "ood": range(90, 100)}
+
+Style = Literal["restate", "terse"]
 
 NAMES = (
     "Tom", "Anna", "Ben", "Lily", "Sam", "Mia", "Jack", "Emma", "Leo", "Zoe", "Max", "Ava", "Noah",
@@ -45,7 +64,7 @@ OBJECTS = (
 
 @dataclass(frozen=True)
 class Op:
-    """One operation: how the question says it, how the solution explains it, what it computes."""
+    """One operation: what it computes and how a sentence says it."""
 
     kind: str  # add, sub, mul, div
     operand: int
@@ -60,6 +79,9 @@ class Op:
 
     def symbol(self) -> str:
         return {"add": "+", "sub": "-", "mul": "*", "div": "/"}[self.kind]
+
+    def inverse(self) -> "Op":
+        return Op({"add": "sub", "sub": "add", "mul": "div", "div": "mul"}[self.kind], self.operand)
 
 
 _ADD = ("buys {b} more", "finds {b} more", "gets {b} more", "is given {b} more", "picks up {b} more")
@@ -83,17 +105,16 @@ def _phrase(op: Op, rng: random.Random) -> str:
 class Difficulty:
     """Number ranges; `digit expansion` multiplies them by ten."""
 
-    max_start: int = 40
-    max_add: int = 30
-    max_value: int = 200
+    max_start: int = 30
+    max_add: int = 20
+    max_value: int = 100
     max_ops: int = 3
 
 
 def _random_ops(start: int, n_ops: int, rng: random.Random, d: Difficulty, scale: int = 1) -> list[Op] | None:
     ops, value = [], start
     for _ in range(n_ops):
-        choices = ["add", "sub"] * 3 + ["mul", "div"]
-        kind = rng.choice(choices)
+        kind = rng.choice(["add", "sub"] * 3 + ["mul", "div"])
         if kind == "add":
             op = Op("add", rng.randint(1, d.max_add) * scale)
         elif kind == "sub":
@@ -120,57 +141,6 @@ def _bucket(skeleton: tuple) -> int:
     return int(hashlib.sha1(repr(skeleton).encode()).hexdigest()[:8], 16) % 100
 
 
-def _solution_lines(name: str, obj: str, start: int, ops: list[Op]) -> list[str]:
-    lines, value = [f"{name} starts with {start} {obj}."], start
-    for op in ops:
-        new = op.apply(value)
-        lines.append(f"{value} {op.symbol()} {op.operand} = {new}.")
-        value = new
-    return lines
-
-
-def _forward_problem(rng: random.Random, start: int, ops: list[Op], distraction: bool = False) -> tuple[str, str, int]:
-    name = rng.choice(NAMES)
-    obj = rng.choice(OBJECTS)
-    pronoun = PRONOUNS.get(name, "she")
-    sentences = [f"{name} has {start} {obj}."]
-    for i, op in enumerate(ops):
-        lead = pronoun.capitalize() if i == 0 else f"Then {pronoun}"
-        sentences.append(f"{lead} {_phrase(op, rng)}.")
-    if distraction:
-        other = rng.choice([n for n in NAMES if n != name])
-        other_obj = rng.choice([o for o in OBJECTS if o != obj])
-        sentences.insert(rng.randint(1, len(sentences)), f"{other} has {rng.randint(2, 60)} {other_obj}.")
-    sentences.append(f"How many {obj} does {name} have now?")
-    value = start
-    for op in ops:
-        value = op.apply(value)
-    reasoning = "\n".join(_solution_lines(name, obj, start, ops))
-    return " ".join(sentences), template_response(reasoning, str(value)), value
-
-
-def _reversed_problem(rng: random.Random, start: int, ops: list[Op]) -> tuple[str, str, int]:
-    """`X had some; after the operations X has N. How many at first?` Solved by undoing them."""
-    name = rng.choice(NAMES)
-    obj = rng.choice(OBJECTS)
-    pronoun = PRONOUNS.get(name, "she")
-    end = start
-    for op in ops:
-        end = op.apply(end)
-    steps = " and then ".join(_phrase(op, rng) for op in ops)
-    question = (
-        f"{name} had some {obj}. {pronoun.capitalize()} {steps}. Now {pronoun} has {end} {obj}. "
-        f"How many {obj} did {name} have at first?"
-    )
-    inverse = {"add": "-", "sub": "+", "mul": "/", "div": "*"}
-    lines, value = [f"{name} ends with {end} {obj}."], end
-    for op in reversed(ops):
-        prev = Op({"-": "sub", "+": "add", "/": "div", "*": "mul"}[inverse[op.kind]], op.operand).apply(value)
-        lines.append(f"{value} {inverse[op.kind]} {op.operand} = {prev}.")
-        value = prev
-    return question, template_response("\n".join(lines), str(start)), start
-
-
 def _skeleton(start: int, ops: list[Op], tag: str = "") -> tuple:
     return (tag, start, tuple((op.kind, op.operand) for op in ops))
 
@@ -184,42 +154,131 @@ def _sample(rng: random.Random, d: Difficulty, split: str, n_ops: int, scale: in
             return start, ops
 
 
-def _record(split: str, seed: int, index: int, question: str, solution: str, answer: int, **meta: Any) -> dict[str, Any]:
+def _line(a: int, op: Op, b: int) -> str:
+    return f"{a} {op.symbol()} {op.operand} = {b}."
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One word problem: its wording is drawn once; question and solutions are rendered from it
+    without further randomness, so every style of a record describes the same problem."""
+
+    name: str
+    obj: str
+    start: int
+    ops: tuple[Op, ...]
+    phrases: tuple[str, ...]  # one verb phrase per op
+    reversed: bool = False  # "had some …, now has N; how many at first?"
+    distraction: tuple[int, str] | None = None  # (sentence index, sentence) about someone else
+
+    @classmethod
+    def draw(cls, rng: random.Random, start: int, ops: list[Op], *, reversed: bool = False,
+             distraction: bool = False) -> "Problem":
+        name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+        phrases = tuple(_phrase(op, rng) for op in ops)
+        extra = None
+        if distraction:
+            other = rng.choice([n for n in NAMES if n != name])
+            other_obj = rng.choice([o for o in OBJECTS if o != obj])
+            extra = (rng.randint(1, len(ops) + 1), f"{other} has {rng.randint(2, 60)} {other_obj}.")
+        return cls(name, obj, start, tuple(ops), phrases, reversed, extra)
+
+    @property
+    def pronoun(self) -> str:
+        return PRONOUNS.get(self.name, "she")
+
+    @property
+    def answer(self) -> int:
+        if self.reversed:
+            return self.start
+        value = self.start
+        for op in self.ops:
+            value = op.apply(value)
+        return value
+
+    def _end(self) -> int:
+        value = self.start
+        for op in self.ops:
+            value = op.apply(value)
+        return value
+
+    def _op_sentences(self) -> list[str]:
+        return [f"{self.pronoun.capitalize() if i == 0 else 'Then ' + self.pronoun} {phrase}"
+                for i, phrase in enumerate(self.phrases)]
+
+    def question(self) -> str:
+        if self.reversed:
+            steps = " and then ".join(self.phrases)
+            p = self.pronoun
+            return (f"{self.name} had some {self.obj}. {p.capitalize()} {steps}. Now {p} has {self._end()} "
+                    f"{self.obj}. How many {self.obj} did {self.name} have at first?")
+        sentences = [f"{self.name} has {self.start} {self.obj}."] + [s + "." for s in self._op_sentences()]
+        if self.distraction is not None:
+            index, text = self.distraction
+            sentences.insert(index, text)
+        sentences.append(f"How many {self.obj} does {self.name} have now?")
+        return " ".join(sentences)
+
+    def solution(self, style: Style = "restate") -> str:
+        """The reference response in the SPEC template (a distraction is never restated)."""
+        if self.reversed:
+            return template_response("\n".join(self._reversed_lines(style)), str(self.answer))
+        value = self.start
+        lines = [f"{self.name} has {self.start} {self.obj}." if style == "restate"
+                 else f"{self.name} starts with {self.start} {self.obj}."]
+        for op, sentence in zip(self.ops, self._op_sentences()):
+            new = op.apply(value)
+            lines.append(f"{sentence}: {_line(value, op, new)}" if style == "restate" else _line(value, op, new))
+            value = new
+        return template_response("\n".join(lines), str(value))
+
+    def _reversed_lines(self, style: Style) -> list[str]:
+        value = self._end()
+        lines = [f"Now {self.pronoun} has {value} {self.obj}." if style == "restate"
+                 else f"{self.name} ends with {value} {self.obj}."]
+        for op, phrase in zip(reversed(self.ops), reversed(self.phrases)):
+            undo = op.inverse()
+            prev = undo.apply(value)
+            lines.append(f"Before {self.pronoun} {phrase}: {_line(value, undo, prev)}" if style == "restate"
+                         else _line(value, undo, prev))
+            value = prev
+        return lines
+
+
+def _record(split: str, seed: int, index: int, problem: Problem, style: Style, **meta: Any) -> dict[str, Any]:
     return {
         "id": f"synthetic-{split}-{seed}-{index:06d}",
         "task": "synthetic",
-        "question": question,
-        "reference": str(answer),
+        "question": problem.question(),
+        "reference": str(problem.answer),
         "choices": None,
-        "meta": {"solution": solution, "perturbation_type": meta.get("perturbation_type"), "num_ops": meta["num_ops"]},
+        "meta": {"solution": problem.solution(style), "perturbation_type": meta.get("perturbation_type"),
+                 "num_ops": len(problem.ops)},
     }
 
 
-def _ood_item(rng: random.Random, d: Difficulty, kind: str) -> tuple[str, str, int, int]:
+def _ood_problem(rng: random.Random, d: Difficulty, kind: str) -> Problem:
     if kind == "numerical substitution":
-        n_ops = rng.randint(1, d.max_ops)
-        start, ops = _sample(rng, d, "ood", n_ops)
-        return (*_forward_problem(rng, start, ops), n_ops)
+        start, ops = _sample(rng, d, "ood", rng.randint(1, d.max_ops))
+        return Problem.draw(rng, start, ops)
     if kind == "digit expansion":
-        n_ops = rng.randint(1, d.max_ops)
-        start, ops = _sample(rng, d, "ood", n_ops, scale=10, tag="x10")
-        return (*_forward_problem(rng, start, ops), n_ops)
+        start, ops = _sample(rng, d, "ood", rng.randint(1, d.max_ops), scale=10, tag="x10")
+        return Problem.draw(rng, start, ops)
     if kind == "distraction insertion":
-        n_ops = rng.randint(1, d.max_ops)
-        start, ops = _sample(rng, d, "ood", n_ops)
-        return (*_forward_problem(rng, start, ops, distraction=True), n_ops)
+        start, ops = _sample(rng, d, "ood", rng.randint(1, d.max_ops))
+        return Problem.draw(rng, start, ops, distraction=True)
     if kind == "adding operation":
-        n_ops = d.max_ops + 1
-        start, ops = _sample(rng, d, "ood", n_ops)
-        return (*_forward_problem(rng, start, ops), n_ops)
-    n_ops = rng.randint(1, 2)
-    start, ops = _sample(rng, d, "ood", n_ops, tag="reversed")
-    return (*_reversed_problem(rng, start, ops), n_ops)
+        start, ops = _sample(rng, d, "ood", d.max_ops + 1)
+        return Problem.draw(rng, start, ops)
+    start, ops = _sample(rng, d, "ood", rng.randint(1, 2), tag="reversed")
+    return Problem.draw(rng, start, ops, reversed=True)
 
 
-def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None = None) -> list[dict[str, Any]]:
-    """`n` SPEC §8 records of a split (`train`, `test` or `ood`); the first n of a larger call are
-    the same records (ids are stable: `synthetic-{split}-{seed}-{index}`)."""
+def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None = None,
+               style: Style = "restate") -> list[dict[str, Any]]:
+    """`n` SPEC §8 records of a split (`train`, `val`, `test` or `ood`); the first n of a larger
+    call are the same records (ids are stable: `synthetic-{split}-{seed}-{index}`), and `style`
+    changes only the reference solution's wording, never the problems."""
     if split not in SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
     if n < 0:
@@ -230,13 +289,10 @@ def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None 
     for index in range(n):
         if split == "ood":
             kind = PERTURBATIONS[index % len(PERTURBATIONS)]
-            question, solution, answer, n_ops = _ood_item(rng, d, kind)
-            records.append(_record(split, seed, index, question, solution, answer, perturbation_type=kind, num_ops=n_ops))
+            records.append(_record(split, seed, index, _ood_problem(rng, d, kind), style, perturbation_type=kind))
         else:
-            n_ops = rng.randint(1, d.max_ops)
-            start, ops = _sample(rng, d, split, n_ops)
-            question, solution, answer = _forward_problem(rng, start, ops)
-            records.append(_record(split, seed, index, question, solution, answer, num_ops=n_ops))
+            start, ops = _sample(rng, d, split, rng.randint(1, d.max_ops))
+            records.append(_record(split, seed, index, Problem.draw(rng, start, ops), style))
     return records
 
 
@@ -249,6 +305,5 @@ def arithmetic_drills(n: int, seed: int = 0, difficulty: Difficulty | None = Non
     while len(out) < n:
         start, ops = _sample(rng, d, "train", 1)
         op, value = ops[0], ops[0].apply(start)
-        out.append((f"What is {start} {op.symbol()} {op.operand}?", template_response(f"{start} {op.symbol()} {op.operand} = {value}.", str(value))))
+        out.append((f"What is {start} {op.symbol()} {op.operand}?", template_response(_line(start, op, value), str(value))))
     return out
-
