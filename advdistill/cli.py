@@ -1,5 +1,6 @@
 """What every entry point shares: `--config`, repeated `--set dotted.key=value`, a `--help` that
-lists every config field with its default, and connecting to Ray (local or the job's cluster)."""
+lists every config field (key, type, default, description), and connecting to Ray (local or the
+job's cluster)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel
 
-from advdistill.config import REPO, ConfigError, ExperimentConfig, load_config
+from advdistill.config import REPO, ConfigError, ExperimentConfig, load_config, with_overrides
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
 
@@ -22,24 +23,27 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+def config_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, description) of every leaf field of a config section."""
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _fields(annotation, key + ".")
+            yield from config_fields(annotation, key + ".")
         else:
             default = info.default_factory() if info.default_factory else info.default
-            yield key, getattr(annotation, "__name__", str(annotation)).replace("typing.", ""), default
+            kind = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+            yield key, kind, default, info.description or ""
 
 
 def config_help() -> str:
     lines = ["config fields (set with --set KEY=VALUE; defaults are the SPEC's):"]
-    for key, kind, default in _fields(ExperimentConfig):
+    for key, kind, default, description in config_fields(ExperimentConfig):
         text = repr(default)
         if len(text) > 60:
             text = text[:57] + "..."
         lines.append(f"  {key} = {text}  ({kind})")
+        lines.append(f"      {description}")
     return "\n".join(lines)
 
 
@@ -62,7 +66,7 @@ def load_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> 
         cfg = load_config(path, [*(extra or []), *args.overrides])
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
-    return cfg.model_copy(update={key: _repo_path(getattr(cfg, key)) for key in ("teacher", "student")})
+    return with_overrides(cfg, {key: _repo_path(getattr(cfg, key)) for key in ("teacher", "student")})
 
 
 def _repo_path(model: str) -> str:

@@ -1,23 +1,25 @@
 """Typed configuration: every default of SPEC.md lives here, and nowhere else.
 
 An experiment is one `ExperimentConfig`, loaded from YAML and overridden with
-`--set dotted.key=value`. Values the paper does not state are marked *(choice)* as in the SPEC.
-Unknown keys are errors (a typo in a YAML file must not silently fall back to a default).
+`--set dotted.key=value`; code that derives a config from another does it with `with_overrides`,
+which validates the result as loading does (a bare `model_copy(update=...)` would not). Every
+field says what it is in its `Field(description=...)`, which `--help` prints. Values the paper
+does not state are marked *(choice)* as in the SPEC. Unknown keys are errors (a typo in a YAML
+file must not silently fall back to a default).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from advdistill.tasks import TaskName, get_task, task_names
 
 # The repository root: the embedded models and configs that relative defaults refer to.
 REPO = Path(__file__).resolve().parents[1]
-
-TASKS = ("gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic")
-Task = Literal["gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic"]
 
 DEFAULT_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant "
@@ -26,6 +28,18 @@ DEFAULT_SYSTEM_PROMPT = (
     "<answer> </answer> tags, with the final result in \\boxed{}, i.e., "
     "<think> reasoning here </think> <answer> \\boxed{result} </answer>."
 )
+
+
+def _known_method(name: str) -> str:
+    # The registry lives with the training code (its losses need torch): read only when a mode
+    # is given, not when this module is imported.
+    from advdistill.train.methods import get_method
+
+    get_method(name)
+    return name
+
+
+MethodName = Annotated[str, AfterValidator(_known_method)]
 
 
 class Section(BaseModel):
@@ -37,163 +51,166 @@ class Section(BaseModel):
 class PromptConfig(Section):
     """SPEC §2: the template the models are asked to follow."""
 
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    # k-shot exemplars for base models, in generation and base-model evaluation *(choice: 4)*.
-    few_shot: int = Field(4, ge=0, le=16)
-    # Optional JSONL of {"question", "response"[, "choices"]} exemplars replacing the built-in ones.
-    exemplars_path: str | None = None
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="system turn of every prompt (the template)")
+    few_shot: int = Field(4, ge=0, le=16, description="k-shot exemplars for base models, in generation and base-model "
+                                                      "evaluation *(choice: 4)*; distilled students are asked zero-shot")
+    exemplars_path: str | None = Field(None, description='JSONL of {"question", "response"[, "choices"]} exemplars '
+                                                         "replacing the built-in ones")
 
 
 class RewardConfig(Section):
     """SPEC §4: composite reward R = w_cos * R_cos + w_fmt * R_fmt."""
 
-    w_cos: float = 2.0
-    w_fmt: float = 1.0
-    # L_max: the teacher's max generation length (paper: 2048).
-    max_len: int = Field(2048, gt=0)
-    correct_start: float = 1.0
-    correct_end: float = 0.5
-    # *(choice: open-r1 magnitudes; long incorrect answers are penalised most)*
-    wrong_start: float = -0.5
-    wrong_end: float = -1.0
+    w_cos: float = Field(2.0, description="weight of the cosine (length-aware correctness) reward")
+    w_fmt: float = Field(1.0, description="weight of the format reward")
+    max_len: int = Field(2048, gt=0, description="L_max of the cosine reward: the teacher's generation limit "
+                                                 "(must equal curate.sampling.max_tokens)")
+    correct_start: float = Field(1.0, description="cosine reward of a correct response of length 0")
+    correct_end: float = Field(0.5, description="cosine reward of a correct response of length L_max")
+    wrong_start: float = Field(-0.5, description="cosine reward of an incorrect response of length 0 "
+                                                 "*(choice: open-r1 magnitudes)*")
+    wrong_end: float = Field(-1.0, description="cosine reward of an incorrect (or truncated) response of length "
+                                               "L_max: long incorrect answers are penalised most")
 
 
 class AdvantageConfig(Section):
-    """SPEC §5: group-relative advantages and softmax weights."""
+    """SPEC §5: group-relative advantages."""
 
-    eps: float = Field(1e-4, gt=0)  # *(choice: TRL's value)*
-    bessel: bool = True  # std with Bessel's correction, as TRL's GRPO *(choice)*
+    eps: float = Field(1e-4, gt=0, description="ε in A = (R - mean) / (std + ε) *(choice: TRL's value)*")
+    bessel: bool = Field(True, description="std with Bessel's correction, as TRL's GRPO *(choice)*")
 
 
 class LossConfig(Section):
     """SPEC §6: L = sum_i w_i CE_i + (lambda / N) sum_{i incorrect} C_i."""
 
-    tau: float = Field(0.5, gt=0)  # softmax temperature of the advantage weights (SPEC §5)
-    lam: float = Field(0.5, ge=0)
-    delta: float = Field(1e-5, gt=0, lt=1)  # *(choice: the usual unlikelihood clamp)*
-    # Tokens per chunk when computing log-probs without full-vocabulary logits.
-    chunk_size: int = Field(1024, gt=0)
+    tau: float = Field(0.5, gt=0, description="softmax temperature of the advantage weights w = softmax(A / τ)")
+    lam: float = Field(0.5, ge=0, description="λ, weight of the contrastive penalty on incorrect responses")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ, clamp of the mean token probability in the "
+                                                       "contrastive term *(choice: the usual unlikelihood clamp)*")
+    chunk_size: int = Field(1024, gt=0, description="tokens per chunk when computing log-probs without "
+                                                    "full-vocabulary logits")
 
 
 class SamplingConfig(Section):
     """SPEC §1: the teacher's sampling (K samples per prompt)."""
 
-    n: int = Field(8, ge=1)
-    temperature: float = Field(0.9, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = -1  # -1 = no top-k (vLLM's convention)
-    max_tokens: int = Field(2048, gt=0)
-    # Base seed; each prompt's seed is derived from it and the prompt id (reruns reproduce).
-    seed: int = 0
-    # Generate max_tokens every time (throughput benchmarks: fixed output lengths).
-    ignore_eos: bool = False
+    n: int = Field(8, ge=1, description="K, responses sampled per prompt")
+    temperature: float = Field(0.9, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
+    top_k: int = Field(-1, description="top-k sampling; -1 = none (vLLM's convention)")
+    max_tokens: int = Field(2048, gt=0, description="max new tokens per response")
+    seed: int = Field(0, description="base seed; each prompt's seed derives from it and the prompt id, so "
+                                     "reruns reproduce")
+    ignore_eos: bool = Field(False, description="generate max_tokens every time (throughput benchmarks: fixed "
+                                                "output lengths)")
 
 
 class EngineConfig(Section):
     """How a generation engine runs: vLLM (GPU or CPU build) or the transformers fallback.
-
     The model is not part of it: the same settings serve every model a stage loads."""
 
-    engine: Literal["auto", "vllm", "transformers"] = "auto"  # auto = vLLM where installed
-    max_model_len: int = Field(4096, gt=0)
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "auto"
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    enable_prefix_caching: bool = True
-    # Compile/CUDA graphs cost ~20 s per start on CPU; eager is the sane default there.
-    enforce_eager: bool | None = None  # None = True on CPU, False on GPU
-    # Prompts handed to the engine at once (vLLM schedules them together).
-    batch_size: int = Field(64, ge=1)
-    # vLLM's weight loading; "dummy" = random weights from config.json alone (throughput
-    # benchmarks of a real architecture where no checkpoint can be downloaded).
-    load_format: Literal["auto", "safetensors", "dummy"] = "auto"
+    engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto = vLLM where installed")
+    max_model_len: int = Field(4096, gt=0, description="context length (prompt + response)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    dtype: str = Field("auto", description="weights dtype; auto = the checkpoint's (float32 on CPUs without bf16)")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="share of GPU memory vLLM may take")
+    enable_prefix_caching: bool = Field(True, description="reuse the KV cache of shared prompt prefixes")
+    enforce_eager: bool | None = Field(None, description="skip compilation/CUDA graphs (~20 s per start on CPU); "
+                                                         "None = True on CPU, False on GPU")
+    batch_size: int = Field(64, ge=1, description="prompts handed to the engine at once (scheduled together)")
+    load_format: Literal["auto", "safetensors", "dummy"] = Field(
+        "auto", description='vLLM weight loading; "dummy" = random weights from config.json alone (throughput '
+                            "benchmarks of a real architecture without a checkpoint)")
 
 
 class ResourcesConfig(Section):
-    """Ray resources of a stage's workers. use_gpu=None: use GPUs iff the cluster has any."""
+    """Ray resources of a stage's workers."""
 
-    use_gpu: bool | None = None
-    cpus_per_worker: float = Field(1, gt=0)
-    min_workers: int = Field(1, ge=1)  # actor pool autoscaling bounds (curate, evaluate)
-    max_workers: int | None = None  # None = as many as the cluster's GPUs (CPU: 1)
+    use_gpu: bool | None = Field(None, description="None = use GPUs iff the cluster has any")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (an engine on CPU computes with "
+                                                        "them)")
+    min_workers: int = Field(1, ge=1, description="lower bound of the actor pool (curate, evaluate)")
+    max_workers: int | None = Field(None, description="upper bound of the actor pool; None = the cluster's GPUs "
+                                                      "(CPU: 1)")
 
 
 class DatasetConfig(Section):
     """A dataset split (SPEC §8), from the hub name or a local JSONL/Parquet path."""
 
-    name: Task = "synthetic"
-    split: str = "train"
-    path: str | None = None  # local file with the hub's fields; None = the hub
-    limit: int | None = Field(None, ge=1)
-    # Seeded splits where the hub has none (open_s1, mmlu_pro) and the synthetic generator.
-    seed: int = 0
-    test_size: int | None = None  # None = the SPEC table's size
+    name: TaskName = Field("synthetic", description=f"task: {', '.join(task_names())}")
+    split: str = Field("train", description="split of the task (e.g. train, test; synthetic: train, val, test, ood)")
+    path: str | None = Field(None, description="local JSONL/Parquet file with the source's fields; None = the hub "
+                                               "(or the built-in generator)")
+    limit: int | None = Field(None, ge=1, description="first N records only")
+    seed: int = Field(0, description="seed of seeded train/test splits (open_s1, mmlu_pro) and of the synthetic "
+                                     "generator")
+    test_size: int | None = Field(None, description="test size of a seeded split; None = the SPEC table's")
+
+    @model_validator(mode="after")
+    def _split_exists(self) -> "DatasetConfig":
+        splits = get_task(self.name).splits
+        if self.split not in splits:
+            raise ValueError(f"{self.name} has splits {sorted(splits)}, not {self.split!r}")
+        return self
 
 
 class CurateConfig(Section):
-    dataset: DatasetConfig = DatasetConfig(split="train")
+    dataset: DatasetConfig = Field(DatasetConfig(split="train"), description="the prompts the teacher answers")
     engine: EngineConfig = EngineConfig()
     sampling: SamplingConfig = SamplingConfig()
     resources: ResourcesConfig = ResourcesConfig()
-    # Seconds between progress lines (prompts done / total, tokens/s).
-    progress_every_s: float = Field(10.0, gt=0)
+    progress_every_s: float = Field(10.0, gt=0, description="seconds between progress lines (prompts done, "
+                                                            "tokens/s)")
 
 
 class TrainConfig(Section):
     """SPEC §6 / paper Appendix B."""
 
-    mode: Literal["advdistill", "sft"] = "advdistill"
-    lr: float = Field(5e-6, gt=0)
-    weight_decay: float = 0.01
-    epochs: int = Field(4, ge=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    max_grad_norm: float = Field(0.5, gt=0)
-    # Groups per optimizer step, across all workers (paper: micro-batch 1 group x gradient
-    # accumulation 16). It does not change with `num_workers`: each worker runs its share of the
-    # step's groups, one per micro-batch, and the gradient is the mean over the step's groups.
-    # An epoch has ceil(groups / groups_per_step) steps; the last one may be partial.
-    groups_per_step: int = Field(16, ge=1)
-    # Tokens of prompt + response; a longer response is cut to fit, and the cuts are counted and
-    # reported (metrics.jsonl, result.json, the report).
-    max_seq_len: int = Field(2048, gt=0)
-    # Validate every N optimizer steps on held-out groups (and at each epoch's end).
-    val_every: int = Field(400, ge=1)
-    # Share of the kept groups held out for validation, chosen by a hash of the group id (the
-    # same groups on every run, whatever the seed), before training. *(choice: the paper
-    # validates every 400 steps but does not say on what; 5% keeps 95% of the groups for
-    # training and still gives a few hundred validation groups on GSM8K or MMLU-Pro.)*
-    # 0 = no validation split: train on every kept group.
-    val_fraction: float = Field(0.05, ge=0, lt=1)
-    # K' < K: train on the first K' responses, recompute their advantages and apply the keep
-    # rule again (a group with no correct response among its first K' is dropped and counted):
-    # the paper's 3-response ablation. None = all K.
-    responses_per_group: int | None = Field(None, ge=1)
-    # Pack a group as one sequence: the prompt once, then each response attending to it.
-    shared_prefix_packing: bool = False
-    # How a packed group attends (advdistill/train/attention.py): "segments" = per-segment SDPA,
-    # only the visible scores, any device; "flex" = FlexAttention's block-sparse kernels (CUDA
-    # only: torch has no FlexAttention backward on CPU); "dense" = one L x L boolean mask, every
-    # score computed. "auto" = flex on GPU, segments on CPU (bench/RESULTS.md section 3).
-    packed_attention: Literal["auto", "dense", "segments", "flex"] = "auto"
-    # Recompute each decoder layer's forward in backward instead of keeping its activations: about
-    # a third more compute for a fraction of the activation memory (docs/memory.md). On in the
-    # paper configs, whose K = 8 x 2,048-token groups would not fit a 40 GB GPU without it.
-    activation_checkpointing: bool = False
-    num_workers: int = Field(2, ge=1)
+    mode: MethodName = Field("advdistill", description="training method (advdistill.train.methods): advdistill, "
+                                                       "or sft (the best response per group)")
+    lr: float = Field(5e-6, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.01, description="AdamW weight decay (matrices only)")
+    epochs: int = Field(4, ge=1, description="passes over the training groups")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps of linear warm-up before the cosine "
+                                                              "decay")
+    max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping norm")
+    groups_per_step: int = Field(
+        16, ge=1, description="groups per optimizer step across all workers (paper: micro-batch 1 group x gradient "
+                              "accumulation 16), whatever num_workers is; an epoch has ceil(groups / groups_per_step) "
+                              "steps, the last one may be partial")
+    max_seq_len: int = Field(2048, gt=0, description="tokens of prompt + response; a longer response is cut to fit, "
+                                                     "and the cuts are counted and reported")
+    val_every: int = Field(400, ge=1, description="validate every N optimizer steps (and at each epoch's end)")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of the kept groups held out for validation, chosen by a hash of the group "
+                                      "id (the same groups on every run) before training; 0 = train on all "
+                                      "*(choice: the paper validates every 400 steps but does not say on what; 5% "
+                                      "still gives a few hundred validation groups on GSM8K or MMLU-Pro)*")
+    responses_per_group: int | None = Field(
+        None, ge=1, description="K' < K: train on the first K' responses, recompute their advantages and apply the "
+                                "keep rule again (the paper's 3-response ablation); None = all K")
+    shared_prefix_packing: bool = Field(False, description="pack a group as one sequence: the prompt once, then "
+                                                           "each response attending to it")
+    packed_attention: Literal["auto", "dense", "segments", "flex"] = Field(
+        "auto", description="how a packed group attends: segments = per-segment SDPA (any device), flex = "
+                            "FlexAttention (CUDA), dense = one L x L mask; auto = flex on GPU, segments on CPU "
+                            "(bench/RESULTS.md section 3)")
+    activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward instead of "
+                                                              "keeping its activations: about a third more compute for "
+                                                              "a fraction of the memory (docs/memory.md; on in the "
+                                                              "paper configs)")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (FSDP2 ranks)")
     resources: ResourcesConfig = ResourcesConfig()
-    bf16: bool = True  # mixed precision on GPU (CPU trains in fp32)
-    seed: int = 0
-    max_failures: int = Field(1, ge=0)
-    checkpoint_every: int = Field(400, ge=1)  # optimizer steps between sharded checkpoints
-    # Steps between `ray.train.report` calls (each is a round trip to the controller); every
-    # step's metrics still reach metrics.jsonl with the next checkpoint.
-    report_every: int = Field(1, ge=1)
-    # Checkpoints kept in OUTPUT/checkpoints (each holds model + optimizer shards).
-    checkpoints_to_keep: int | None = Field(2, ge=1)
-    # Stop after this many optimizer steps (smoke tests, benchmarks); None = all epochs.
-    max_steps: int | None = Field(None, ge=1)
-    # Fault injection: raise once at this step in an attempt that did not resume (tests recovery).
-    fail_at_step: int | None = Field(None, ge=1)
+    bf16: bool = Field(True, description="bf16 mixed precision on GPU (CPU trains in fp32)")
+    seed: int = Field(0, description="seed of the initial state and of each epoch's group order")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the latest checkpoint")
+    checkpoint_every: int = Field(400, ge=1, description="optimizer steps between sharded checkpoints")
+    report_every: int = Field(1, ge=1, description="steps between ray.train.report calls (every step still reaches "
+                                                   "metrics.jsonl)")
+    checkpoints_to_keep: int | None = Field(2, ge=1, description="checkpoints kept in OUTPUT/checkpoints")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps; None = all epochs")
+    fail_at_step: int | None = Field(None, ge=1, description="fault injection: raise once at this step in an attempt "
+                                                             "that did not resume (tests recovery)")
     loss: LossConfig = LossConfig()
 
     @model_validator(mode="before")
@@ -209,39 +226,37 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """SPEC §7: greedy decoding, max 2048 new tokens *(choice)*."""
 
-    # The in-distribution test split, and the out-of-distribution sets (paper: GSM-PLUS for
-    # GSM8K-trained models, OPEN-RS hard problems for OPEN-S1; none for MMLU-Pro).
-    test: DatasetConfig = DatasetConfig(split="test")
-    ood: list[DatasetConfig] = Field(default_factory=lambda: [DatasetConfig(split="ood")])
-    temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(2048, gt=0)
+    test: DatasetConfig = Field(DatasetConfig(split="test"), description="the in-distribution test split")
+    ood: list[DatasetConfig] = Field(default_factory=lambda: [DatasetConfig(split="ood")],
+                                     description="out-of-distribution sets (paper: GSM-PLUS for GSM8K-trained models, "
+                                                 "OPEN-RS hard problems for OPEN-S1; none for MMLU-Pro)")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    max_tokens: int = Field(2048, gt=0, description="max new tokens per response *(choice)*")
     engine: EngineConfig = EngineConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
 
 class ServeConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    # Folders that model names and dataset paths must stay inside.
-    checkpoint_root: str = "."
-    data_root: str = "."
-    max_items: int = Field(2048, ge=1)
-    max_tokens_limit: int = Field(4096, ge=1)
-    # Env var holding the API token; unset/empty env var = no auth.
-    token_env: str = "ADVDISTILL_API_TOKEN"
-    start_after_run: bool = False
+    host: str = Field("127.0.0.1", description="HTTP address of `distill.py --serve`")
+    port: int = Field(8000, gt=0, lt=65536, description="HTTP port of `distill.py --serve`")
+    checkpoint_root: str = Field(".", description="folder that served model paths must stay inside")
+    data_root: str = Field(".", description="folder that dataset paths in requests must stay inside")
+    max_items: int = Field(2048, ge=1, description="items per request at most (413 beyond)")
+    max_tokens_limit: int = Field(4096, ge=1, description="max_tokens a request may ask for (413 beyond)")
+    token_env: str = Field("ADVDISTILL_API_TOKEN", description="env var holding the API bearer token; unset or "
+                                                               "empty = no auth")
+    start_after_run: bool = Field(False, description="serve the run's checkpoints when distill.py ends")
 
 
 class ExperimentConfig(Section):
-    name: str = "paper-default"
-    # Hub ids or local folders. The teacher and the student base are *base* models: they get
-    # `prompt.few_shot` exemplars; distilled students are asked zero-shot.
-    teacher: str = "Qwen/Qwen2.5-7B"
-    student: str = "Qwen/Qwen2.5-1.5B"
-    # The SFT baseline trains `student` on the best response per group; these students get an
-    # SFT baseline too, and a base-model evaluation (paper: Qwen/Qwen2.5-3B).
-    extra_sft_students: list[str] = Field(default_factory=list)
-    sft_baseline: bool = True
+    name: str = Field("paper-default", description="experiment name (default output folder runs/<name>)")
+    teacher: str = Field("Qwen/Qwen2.5-7B", description="hub id or local folder of the teacher, a base model (gets "
+                                                        "prompt.few_shot exemplars)")
+    student: str = Field("Qwen/Qwen2.5-1.5B", description="hub id or local folder of the student base model")
+    extra_sft_students: list[str] = Field(default_factory=list,
+                                          description="students that get an SFT baseline and a base-model evaluation "
+                                                      "too (paper: Qwen/Qwen2.5-3B)")
+    sft_baseline: bool = Field(True, description="train the SFT baseline (the best response per group) on student")
     prompt: PromptConfig = PromptConfig()
     reward: RewardConfig = RewardConfig()
     advantage: AdvantageConfig = AdvantageConfig()
@@ -279,6 +294,13 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _validated(tree: dict, where: str = "") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config{where}:\n{err}") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` -> ("a.b", value), the value parsed as YAML (numbers, bools, lists, null)."""
     if "=" not in text:
@@ -306,13 +328,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         tree = loaded
     for text in overrides or []:
-        key, value = parse_override(text)
+        _set_dotted(tree, *parse_override(text))
+    return _validated(tree, f" ({path})" if path else "")
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """A validated copy of `cfg` with `{"dotted.key": value}` changes, checked as a loaded config is:
+    `with_overrides(cfg, {"train.mode": "sft"})`. Raises ConfigError naming the field at fault."""
+    tree = cfg.model_dump()
+    for key, value in overrides.items():
         _set_dotted(tree, key, value)
-    try:
-        return ExperimentConfig.model_validate(tree)
-    except ValidationError as err:
-        where = f" ({path})" if path else ""
-        raise ConfigError(f"invalid config{where}:\n{err}") from None
+    return _validated(tree)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -80,7 +80,7 @@ def token_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    chunk_size: int = 512,
+    chunk_size: int,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Log-probabilities of `labels` under logits `hidden @ weight.T`, chunked over tokens.
@@ -117,11 +117,12 @@ def advdistill_loss_terms(
     advantages: torch.Tensor,
     correct: torch.Tensor,
     *,
-    tau: float = 0.5,
-    lam: float = 0.5,
-    delta: float = 1e-5,
+    tau: float,
+    lam: float,
+    delta: float,
 ) -> LossTerms:
-    """SPEC §6 for one group: `logprobs`/`mask` are (N, T); `advantages`/`correct` are (N,)."""
+    """SPEC §6 for one group: `logprobs`/`mask` are (N, T); `advantages`/`correct` are (N,).
+    τ, λ and δ are `train.loss` settings (their defaults live in the config)."""
     mask = mask.to(logprobs.dtype)
     n_tokens = mask.sum(dim=1).clamp_min(1.0)  # an empty response contributes nothing, not NaN
     ce = -(logprobs * mask).sum(dim=1) / n_tokens
@@ -142,9 +143,9 @@ def advdistill_loss(
     advantages: torch.Tensor,
     correct: torch.Tensor,
     *,
-    tau: float = 0.5,
-    lam: float = 0.5,
-    delta: float = 1e-5,
+    tau: float,
+    lam: float,
+    delta: float,
 ) -> torch.Tensor:
     """L = Σ_i w_i · CE_i + (λ / N) · Σ_{i∈I} C_i for one group (see the module docstring)."""
     return advdistill_loss_terms(logprobs, mask, advantages, correct, tau=tau, lam=lam, delta=delta).total

@@ -5,7 +5,8 @@ final value (or option letter) in `\\boxed{…}`. Base models get k exemplars as
 (k-shot); distilled students get the zero-shot prompt. Multiple-choice questions list their
 options as `A. …` to `J. …`.
 
-Records are plain dicts with the SPEC §8 fields: id, task, question, reference, choices, meta.
+Records are `advdistill.schema.Record` dicts (SPEC §8); a task's registry entry says whether it
+is multiple choice (`advdistill.tasks`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from advdistill.config import DEFAULT_SYSTEM_PROMPT
-
-OPTION_LETTERS = "ABCDEFGHIJ"
-MULTIPLE_CHOICE_TASKS = frozenset({"mmlu_pro"})
+from advdistill.tasks import MAX_OPTIONS, OPTION_LETTERS, get_task
 
 Message = dict[str, str]
-
-
-def is_multiple_choice(task: str) -> bool:
-    return task in MULTIPLE_CHOICE_TASKS
 
 
 def template_response(reasoning: str, answer: str) -> str:
@@ -36,8 +31,8 @@ def format_question(question: str, choices: Sequence[str] | None = None) -> str:
     """The user turn: the question, then `A. …` option lines for multiple choice."""
     text = question.strip()
     if choices:
-        if len(choices) > len(OPTION_LETTERS):
-            raise ValueError(f"at most {len(OPTION_LETTERS)} options are supported, got {len(choices)}")
+        if len(choices) > MAX_OPTIONS:
+            raise ValueError(f"at most {MAX_OPTIONS} options are supported, got {len(choices)}")
         lines = [f"{OPTION_LETTERS[i]}. {str(c).strip()}" for i, c in enumerate(choices)]
         text += "\n\nOptions:\n" + "\n".join(lines)
     return text
@@ -110,7 +105,7 @@ def exemplars_for(task: str, k: int, path: str | None = None) -> list[dict[str, 
     if k <= 0:
         return []
     pool = list(_load_exemplar_file(path)) if path else (
-        _MC_EXEMPLARS if is_multiple_choice(task) else _MATH_EXEMPLARS
+        _MC_EXEMPLARS if get_task(task).multiple_choice else _MATH_EXEMPLARS
     )
     if k > len(pool):
         raise ValueError(f"asked for {k} exemplars but only {len(pool)} are available")

@@ -8,7 +8,7 @@ out alike for all three (a "time after the first batch" clock does not work for 
 whose engine stage runs many batches at once and hands them back together):
 
 - bare: one `vllm.LLM.generate` call over every prompt with `n=K`, then `score_group` per prompt;
-- ours: the project's Ray Data pipeline (`advdistill.teacher.stage.curate`, Parquet included);
+- ours: the project's Ray Data pipeline (`advdistill.curate.stage.curate`, Parquet included);
 - ray.data.llm: `build_processor` with each prompt row duplicated K times with its own seed (its
   only way to get K samples), then the same scoring.
 
@@ -58,26 +58,25 @@ def records_and_prompts(cfg):
 
 
 def run_bare(cfg) -> float:
-    from advdistill.scoring import score_group
-    from advdistill.teacher.actor import prompt_seed
-    from advdistill.teacher.engines import GenerationParams, VLLMEngine
+    from advdistill.curate.stage import score_curated
+    from advdistill.data.loaders import load_records
+    from advdistill.generation.engines import GenerationParams, VLLMEngine
+    from advdistill.generation.rows import generate_rows
 
     start = time.perf_counter()  # prompt building too, as the other sides do
-    records, prompts = records_and_prompts(cfg)
     s = cfg.curate.sampling
-    params = GenerationParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                              ignore_eos=s.ignore_eos)
     engine = VLLMEngine(cfg.teacher, cfg.curate.engine, seed=s.seed)
-    outputs = engine.generate(prompts, params, [prompt_seed(s.seed, r["id"]) for r in records])
-    for record, outs in zip(records, outputs):
-        score_group([o.text for o in outs], [o.num_tokens for o in outs], [o.finish_reason for o in outs],
-                    record["reference"], record["task"], cfg.reward, cfg.advantage)
-    return sum(o.num_tokens for outs in outputs for o in outs), time.perf_counter() - start
+    # one engine call over every prompt (n = K each), then the same scoring
+    rows = generate_rows(engine, load_records(cfg.curate.dataset).records, GenerationParams.from_sampling(s),
+                         prompt=cfg.prompt, few_shot=cfg.prompt.few_shot, seed=s.seed)
+    for row in rows:
+        score_curated(row, cfg)
+    return sum(sum(row["token_lengths"]) for row in rows), time.perf_counter() - start
 
 
 def run_ours(cfg) -> float:
     from advdistill.cli import init_ray
-    from advdistill.teacher.stage import curate
+    from advdistill.curate.stage import curate
 
     start = time.perf_counter()
     init_ray()
@@ -92,8 +91,8 @@ def run_ray_data_llm(cfg) -> float:
 
     from advdistill.cli import init_ray
     from advdistill.scoring import score_group
-    from advdistill.teacher.actor import prompt_seed
-    from advdistill.teacher.engines import configure_vllm_cpu_env, gpu_available, resolve_dtype
+    from advdistill.generation.engines import configure_vllm_cpu_env, gpu_available, resolve_dtype
+    from advdistill.generation.rows import prompt_seed
 
     start = time.perf_counter()
     records, prompts = records_and_prompts(cfg)

@@ -55,7 +55,7 @@ from common import header  # also puts the repository on sys.path
 
 from advdistill.loss import IGNORE_INDEX, advdistill_loss
 from advdistill.train.attention import flex_available, use_packed_attention
-from advdistill.train.layout import group_batch, packed_group_batch
+from advdistill.train.layout import group_batch, model_inputs, packed_group_batch
 from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing
 
 # Qwen2.5-1.5B's config.json (hub: Qwen/Qwen2.5-1.5B), and a reduced shape for CPU smoke runs.
@@ -65,7 +65,9 @@ QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=512, max_position_embeddings=1024, tie_word_embeddings=True)
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0}
-INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids", "gather_index")
+# train.loss's τ, λ, δ (SPEC §6), stated here because this script runs without the config stack;
+# the step time does not depend on them.
+LOSS = {"tau": 0.5, "lam": 0.5, "delta": 1e-5}
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
 def full_logit_logprobs(model: ResponseLogProbs, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Token log-probs through full-vocabulary logits of every scored position at once (fp32
     log-softmax, as transformers' loss upcasts)."""
-    hidden, targets = model.response_hidden(**{k: batch[k] for k in INPUTS if k in batch})
+    hidden, targets = model.response_hidden(**model_inputs(batch))
     logits = model.lm.lm_head(hidden).float()
     mask = targets != IGNORE_INDEX
     picked = logits.log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
@@ -144,10 +146,10 @@ def step(setup: Setup, model: ResponseLogProbs, batch: dict, optimizer: torch.op
         loss = trl_like_loss(model.lm, batch)
     else:
         if setup.logits == "chunked":
-            logprobs, mask = model(**{k: batch[k] for k in INPUTS if k in batch})
+            logprobs, mask = model(**model_inputs(batch))
         else:
             logprobs, mask = full_logit_logprobs(model, batch)
-        loss = advdistill_loss(logprobs, mask, batch["advantages"], batch["correct"])
+        loss = advdistill_loss(logprobs, mask, batch["advantages"], batch["correct"], **LOSS)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -23,7 +23,10 @@ import torch.nn.functional as F
 
 from common import REPO, header, interleaved
 
+from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss, sft_loss, token_logprobs
+
+SPEC = LossConfig()
 
 
 def make_inputs(n: int, t: int, hidden: int, vocab: int, seed: int = 0):
@@ -43,7 +46,8 @@ def step(kind: str, h, w, labels, advantages, correct, chunk: int) -> None:
     else:
         lp = token_logprobs(h, w, labels, chunk_size=chunk)
         mask = torch.ones_like(labels, dtype=torch.bool)
-        loss = sft_loss(lp, mask) if kind == "chunked_ce" else advdistill_loss(lp, mask, advantages, correct)
+        loss = sft_loss(lp, mask) if kind == "chunked_ce" else advdistill_loss(
+            lp, mask, advantages, correct, tau=SPEC.tau, lam=SPEC.lam, delta=SPEC.delta)
     loss.backward()
 
 

@@ -163,8 +163,9 @@ def measure_activations(packed: bool, checkpointing: bool, k: int, seq_len: int,
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from advdistill.config import LossConfig
     from advdistill.loss import advdistill_loss
-    from advdistill.train.layout import group_batch, packed_group_batch
+    from advdistill.train.layout import group_batch, model_inputs, packed_group_batch
     from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing
 
     torch.set_num_threads(1)
@@ -182,12 +183,13 @@ def measure_activations(packed: bool, checkpointing: bool, k: int, seq_len: int,
              "response_ids": [torch.randint(3, a.vocab, (seq_len - prompt,), generator=g).tolist() for _ in range(k)],
              "advantages": torch.randn(k, generator=g).tolist(), "correct": [i % 2 == 0 for i in range(k)]}
     batch = (packed_group_batch if packed else group_batch)(group, 0)
-    inputs = {key: batch[key] for key in ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids",
-                                          "gather_index") if key in batch}
+    inputs = model_inputs(batch)
     before = _rss()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     logprobs, mask = model(**inputs)
-    loss = advdistill_loss(logprobs, mask, batch["advantages"], batch["correct"])
+    spec = LossConfig()
+    loss = advdistill_loss(logprobs, mask, batch["advantages"], batch["correct"], tau=spec.tau, lam=spec.lam,
+                           delta=spec.delta)
     held = _rss() - before
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - max(before, peak_before)
     del loss, logprobs, mask

@@ -29,11 +29,12 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from common import REPO, header, interleaved
 
+from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss
-from advdistill.train.layout import group_batch, packed_group_batch
+from advdistill.train.layout import group_batch, model_inputs, packed_group_batch
 from advdistill.train.model import ResponseLogProbs
 
-INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids", "gather_index")
+LOSS = LossConfig()
 # hidden, layers, heads, KV heads, MLP. Qwen2.5-0.5B's layer (hidden 896, 14 query / 2 KV heads,
 # MLP 4864), 4 of its 24 layers; and a 256-wide toy model, where attention is a large share.
 # Both with a 4,096-token vocabulary: the output head costs the same on both sides, so a full-size
@@ -51,13 +52,14 @@ def synthetic_group(k: int, prompt: int, response: int, vocab: int) -> dict:
 
 def train_step(model: ResponseLogProbs, batch: dict) -> None:
     model.zero_grad(set_to_none=True)
-    logprobs, mask = model(**{k: batch[k] for k in INPUTS if k in batch})
-    advdistill_loss(logprobs, mask, batch["advantages"], batch["correct"]).backward()
+    logprobs, mask = model(**model_inputs(batch))
+    advdistill_loss(logprobs, mask, batch["advantages"], batch["correct"], tau=LOSS.tau, lam=LOSS.lam,
+                    delta=LOSS.delta).backward()
 
 
 @torch.no_grad()
 def forward_only(model: ResponseLogProbs, batch: dict) -> None:
-    model(**{k: batch[k] for k in INPUTS if k in batch})
+    model(**model_inputs(batch))
 
 
 def flex_trains_here(device: torch.device) -> bool:
@@ -73,9 +75,10 @@ def measure_shape(name: str, spec: str, k: int, length: int, repeats: int, devic
     lm = Qwen2ForCausalLM(config).to(device)
     # Separate sequences and the dense mask run on the model as transformers builds it (SDPA);
     # segments and flex on copies with the same weights routed through the packed dispatcher.
-    models = {"separate": ResponseLogProbs(lm), "packed-dense": ResponseLogProbs(lm),
-              "packed-segments": ResponseLogProbs(copy.deepcopy(lm), packed_attention="segments"),
-              "packed-flex": ResponseLogProbs(copy.deepcopy(lm), packed_attention="flex")}
+    chunk = LOSS.chunk_size
+    models = {"separate": ResponseLogProbs(lm, chunk), "packed-dense": ResponseLogProbs(lm, chunk),
+              "packed-segments": ResponseLogProbs(copy.deepcopy(lm), chunk, packed_attention="segments"),
+              "packed-flex": ResponseLogProbs(copy.deepcopy(lm), chunk, packed_attention="flex")}
     group = synthetic_group(k, length, length, config.vocab_size)
     on = lambda batch: {key: value.to(device) for key, value in batch.items()}  # noqa: E731
     batches = {"separate": on(group_batch(group, pad_id=0))}

@@ -39,9 +39,9 @@ def main() -> None:
     from advdistill.config import DatasetConfig, load_config
     from advdistill.data.synthetic import make_split
     from advdistill.evaluation.evaluator import eval_params, evaluate, score_predictions
-    from advdistill.prompts import build_prompt
+    from advdistill.generation.engines import make_engine
+    from advdistill.generation.rows import generate_rows
     from advdistill.serve.app import build_app
-    from advdistill.teacher.engines import make_engine
 
     cfg = load_config(REPO / "configs" / "tiny.yaml")
     records = make_split("test", args.items)
@@ -63,13 +63,9 @@ def main() -> None:
     size = cfg.eval.engine.batch_size
 
     def offline() -> None:
-        rows = [dict(r, meta={}) for r in records]
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            prompts = [build_prompt(engine.tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in chunk]
-            outs = engine.generate(prompts, eval_params(cfg))
-            score_predictions([dict(r, responses=[o[0].text], token_lengths=[o[0].num_tokens],
-                                    finish_reasons=[o[0].finish_reason]) for r, o in zip(chunk, outs)])
+        for start in range(0, len(records), size):
+            score_predictions(generate_rows(engine, records[start : start + size], eval_params(cfg), prompt=cfg.prompt,
+                                            few_shot=0, seed=0))
 
     from common import interleaved
 

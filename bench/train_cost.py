@@ -21,13 +21,12 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from common import REPO, header
 
-from advdistill.config import load_config
+from advdistill.config import load_config, with_overrides
 from advdistill.train.collate import tokenize_group
 from advdistill.train.layout import group_tokens
 from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch, packed_attention, step_groups
@@ -38,34 +37,24 @@ SIDES = [("advdistill", False), ("sft", False), ("advdistill", True), ("sft", Tr
 
 def teacher_groups(cfg, n_prompts: int, seed: int) -> list[dict]:
     """Groups as the curate stage makes them (SPEC §1, §3-5), in this process."""
+    from advdistill.curate.stage import score_curated
     from advdistill.data.synthetic import make_split
-    from advdistill.prompts import build_prompt
-    from advdistill.scoring import score_group
-    from advdistill.teacher.actor import prompt_seed
-    from advdistill.teacher.engines import GenerationParams, HFEngine
+    from advdistill.generation.engines import GenerationParams, HFEngine
+    from advdistill.generation.rows import generate_rows
 
     engine = HFEngine(str(REPO / cfg.teacher), cfg.curate.engine)
     s = cfg.curate.sampling
-    params = GenerationParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
-    records = make_split("train", n_prompts, seed=seed)
-    prompts = [build_prompt(engine.tokenizer, r, few_shot=cfg.prompt.few_shot, prompt_cfg=cfg.prompt) for r in records]
-    outputs = engine.generate(prompts, params, seeds=[prompt_seed(s.seed, r["id"]) for r in records])
-    rows = []
-    for record, completions in zip(records, outputs):
-        responses = [c.text for c in completions]
-        lengths, finish = [c.num_tokens for c in completions], [c.finish_reason for c in completions]
-        scored = score_group(responses, lengths, finish, record["reference"], record["task"], cfg.reward, cfg.advantage)
-        rows.append({**{k: record[k] for k in ("id", "task", "question", "reference", "choices")}, "responses": responses,
-                     "token_lengths": lengths, "finish_reasons": finish, **scored})
-    return [r for r in rows if r["keep"]]
+    rows = generate_rows(engine, make_split("train", n_prompts, seed=seed), GenerationParams.from_sampling(s),
+                         prompt=cfg.prompt, few_shot=cfg.prompt.few_shot, seed=s.seed)
+    return [group for group in (score_curated(row, cfg) for row in rows) if group["keep"]]
 
 
 def parquet_groups(folder: str) -> list[dict]:
-    import pyarrow.parquet as pq
+    from advdistill.curate.store import read_shards
+    from advdistill.schema import from_arrow
+    from advdistill.train.trainer import groups_folder
 
-    path = Path(folder)
-    path = path / "groups" if (path / "groups").is_dir() else path
-    return sorted((r for f in sorted(path.glob("*.parquet")) for r in pq.read_table(f).to_pylist()), key=lambda r: r["id"])
+    return sorted(from_arrow(read_shards(groups_folder(folder))), key=lambda r: r["id"])
 
 
 def main() -> None:
@@ -92,7 +81,7 @@ def main() -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     runs = {}
     for mode, packed in SIDES:
-        cfg = base.model_copy(update={"train": base.train.model_copy(update={"mode": mode, "shared_prefix_packing": packed})})
+        cfg = with_overrides(base, {"train.mode": mode, "train.shared_prefix_packing": packed})
         groups = [g for g in (tokenize_group(r, tokenizer, cfg) for r in rows) if g["keep"]]
         torch.manual_seed(cfg.train.seed)
         lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
@@ -120,7 +109,7 @@ def main() -> None:
                 batches = [make_batch(run["groups"][i], cfg, pad_id) for i in indices]  # collation is not timed
                 start = time.perf_counter()
                 for batch in batches:
-                    (loss_terms(model, batch, cfg).total / len(indices)).backward()
+                    (loss_terms(model, batch, cfg)["loss"] / len(indices)).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -16,12 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.tasks import task_names  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__)
     parser.add_argument("--model", required=True, help="hub id or local transformers folder")
-    parser.add_argument("--dataset", required=True, help="dataset name (gsm8k, gsm_plus, open_s1, open_rs, mmlu_pro, synthetic)")
+    parser.add_argument("--dataset", required=True, help=f"dataset name ({', '.join(task_names())})")
     parser.add_argument("--split", required=True, help="dataset split")
     parser.add_argument("--path", help="local JSONL/Parquet file with the hub's fields")
     parser.add_argument("--limit", type=int, help="first N records only")

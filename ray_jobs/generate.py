@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
              (("name", args.dataset), ("split", args.split), ("path", args.path), ("limit", args.limit)) if value is not None]
     cfg = load_from_args(args, extra)
 
-    from advdistill.teacher.stage import curate
+    from advdistill.curate.stage import curate
 
     init_ray()
     summary = curate(cfg, args.output, few_shot=args.few_shot)

@@ -16,13 +16,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.train.methods import method_names  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__)
     parser.add_argument("--groups", required=True, help="curate output folder (or its groups/ folder)")
     parser.add_argument("--output", required=True, help="output folder (rerun the same to resume)")
-    parser.add_argument("--mode", choices=["advdistill", "sft"], help="loss (train.mode)")
+    parser.add_argument("--mode", choices=method_names(), help="training method: data selection and loss (train.mode)")
     parser.add_argument("--student", help="student model, hub id or folder (default: the config's)")
     args = parser.parse_args(argv)
     cfg = load_from_args(args, [f"train.mode={args.mode}"] if args.mode else [])

@@ -3,13 +3,13 @@ responses that are right, wrong, short or off-template, scored by the real scori
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
+from advdistill.curate.store import CurateOutput, write_shard
 from advdistill.data.synthetic import make_split
+from advdistill.schema import CuratedGroup, arrow_schema, to_arrow
 from advdistill.scoring import score_group
-from advdistill.teacher.stage import KEPT_DIR, write_shard
 
 
 def variants(record: dict) -> list[str]:
@@ -32,8 +32,7 @@ def write_groups(folder: Path, tokenizer, cfg, n: int = 24, seed: int = 0,
         finish_reasons = ["length" if j in teacher_cuts(i) else "stop" for j in range(len(responses))]
         scored = score_group(responses, lengths, finish_reasons, record["reference"], "synthetic",
                              cfg.reward, cfg.advantage)
-        rows.append({**{k: record[k] for k in ("id", "task", "question", "reference", "choices")},
-                     "meta": json.dumps(record["meta"]), "prompt": "", "responses": responses, "token_lengths": lengths,
+        rows.append({**record, "prompt": "", "responses": responses, "token_lengths": lengths,
                      "finish_reasons": finish_reasons, **scored, "teacher": "fixture", "sampling": "{}"})
-    write_shard(folder / KEPT_DIR, rows)
+    write_shard(CurateOutput(folder).groups, to_arrow(rows, arrow_schema(CuratedGroup)))
     return folder

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss
 from advdistill.train.collate import group_batch, packed_group_batch
-from advdistill.train.loop import MODEL_INPUTS
+from advdistill.train.layout import model_inputs
 from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing
 
 GROUP = {
@@ -42,8 +43,10 @@ def mlp_calls(model: ResponseLogProbs) -> list[int]:
 
 def step_gradients(model, make_batch) -> dict[str, torch.Tensor]:
     batch = make_batch(GROUP, pad_id=0)
-    logprobs, mask = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
-    advdistill_loss(logprobs, mask, batch["advantages"].double(), batch["correct"]).backward()
+    logprobs, mask = model(**model_inputs(batch))
+    loss = LossConfig()
+    advdistill_loss(logprobs, mask, batch["advantages"].double(), batch["correct"], tau=loss.tau, lam=loss.lam,
+                    delta=loss.delta).backward()
     return {name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
             for name, p in model.named_parameters()}
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from advdistill.config import EngineConfig
-from advdistill.teacher.engines import GenerationParams, HFEngine, VLLMEngine
+from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
 
 from conftest import REPO, TINY_TEACHER
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from advdistill.config import ConfigError, ExperimentConfig, load_config, parse_override
+from advdistill.cli import config_fields, config_help
+from advdistill.config import ConfigError, ExperimentConfig, load_config, parse_override, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +66,36 @@ def test_groups_per_step_is_one_value_whatever_the_worker_count():
     for workers in (1, 2, 8):
         c = load_config(None, [f"train.num_workers={workers}"])
         assert c.train.groups_per_step == 16
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"train.mode": "rl"}, "unknown training method"),
+        ({"train.lr": -1}, "train.lr"),
+        ({"reward.max_len": 100}, "L_max"),
+        ({"curate.progress_every_s": 0}, "progress_every_s"),
+        ({"eval.test.split": "dev"}, "splits"),
+        ({"train.lrr": 1}, "lrr"),
+    ],
+)
+def test_code_overrides_are_validated_like_loaded_ones(overrides, needle):
+    """`model_copy(update=...)` accepted all of these; the helper the code uses does not."""
+    with pytest.raises(ConfigError, match=needle):
+        with_overrides(load_config(REPO / "configs" / "tiny.yaml"), overrides)
+
+
+def test_with_overrides_returns_a_changed_copy():
+    base = load_config(REPO / "configs" / "tiny.yaml")
+    sft = with_overrides(base, {"train.mode": "sft", "train.lr": 1e-4, "eval.ood": []})
+    assert (sft.train.mode, sft.train.lr, sft.eval.ood) == ("sft", 1e-4, [])
+    assert (base.train.mode, base.train.lr, len(base.eval.ood)) == ("advdistill", 1e-3, 1)
+    assert with_overrides(base, {}) == base
+
+
+def test_every_field_says_what_it_is_in_help():
+    fields = list(config_fields(ExperimentConfig))
+    assert len(fields) > 80 and all(description for *_, description in fields)
+    text = config_help()
+    assert "  train.loss.chunk_size = 1024  (int)\n      tokens per chunk" in text
+    assert "  train.mode = 'advdistill'  (str)\n      training method" in text

@@ -13,25 +13,23 @@ import psutil
 import pyarrow as pa
 import pytest
 
+from advdistill.config import with_overrides
+from advdistill.curate.stage import curate
+from advdistill.curate.store import CurateOutput, read_shards
+from advdistill.schema import CuratedGroup, columns, from_arrow
 from advdistill.scoring import score_group
-from advdistill.teacher.stage import DROPPED_DIR, KEPT_DIR, curate, read_shards
 
 from conftest import REPO
 
-GROUP_SCHEMA = {"id", "task", "question", "reference", "choices", "meta", "prompt", "responses", "token_lengths",
-                "finish_reasons", "correct", "format_ok", "rewards", "advantages", "keep", "teacher", "sampling"}
-
 
 def small(cfg, n=32, **overrides):
-    dataset = cfg.curate.dataset.model_copy(update={"limit": n})
-    engine = cfg.curate.engine.model_copy(update={"batch_size": 8, **overrides.pop("engine", {})})
-    curate_cfg = cfg.curate.model_copy(update={"dataset": dataset, "engine": engine, "progress_every_s": 0.0, **overrides})
-    return cfg.model_copy(update={"curate": curate_cfg})
+    return with_overrides(cfg, {"curate.dataset.limit": n, "curate.engine.batch_size": 8, "curate.progress_every_s": 1e-9,
+                                **overrides})
 
 
 def all_rows(folder):
-    tables = [t for t in (read_shards(folder / KEPT_DIR), read_shards(folder / DROPPED_DIR)) if t is not None]
-    rows = pa.concat_tables(tables, promote_options="default").to_pylist() if tables else []
+    tables = CurateOutput(folder).read()
+    rows = from_arrow(pa.concat_tables(tables)) if tables else []
     return sorted(rows, key=lambda r: r["id"])
 
 
@@ -48,12 +46,12 @@ def test_end_to_end_schema_scores_and_filter(baseline, tiny_cfg):
     assert len(rows) == 32 and len({r["id"] for r in rows}) == 32
     assert summary["prompts_read"] == summary["prompts_written"] == 32
     assert summary["kept"] + summary["dropped"] == 32 and summary["quarantined"] == 0
-    kept = read_shards(out / KEPT_DIR).to_pylist()
+    kept = read_shards(CurateOutput(out).groups).to_pylist()
     assert all(any(r["correct"]) for r in kept)
-    dropped = read_shards(out / DROPPED_DIR)
+    dropped = read_shards(CurateOutput(out).dropped)
     assert dropped is None or not any(any(c) for c in dropped.column("correct").to_pylist())
     for row in rows:
-        assert GROUP_SCHEMA <= set(row)
+        assert tuple(row) == columns(CuratedGroup)
         assert len(row["responses"]) == len(row["token_lengths"]) == len(row["advantages"]) == 8
         rescored = score_group(row["responses"], row["token_lengths"], row["finish_reasons"], row["reference"],
                                row["task"], tiny_cfg.reward, tiny_cfg.advantage)
@@ -71,9 +69,9 @@ def test_same_seed_gives_identical_groups_and_rerun_generates_nothing(baseline, 
     curate(small(tiny_cfg), tmp_path)
     strip = lambda rows: [{k: r[k] for k in ("id", "responses", "rewards")} for r in rows]  # noqa: E731
     assert strip(all_rows(tmp_path)) == strip(all_rows(out))
-    before = sorted(p.name for p in (tmp_path / KEPT_DIR).iterdir())
+    before = sorted(p.name for p in CurateOutput(tmp_path).groups.iterdir())
     again = curate(small(tiny_cfg), tmp_path)
-    assert sorted(p.name for p in (tmp_path / KEPT_DIR).iterdir()) == before
+    assert sorted(p.name for p in CurateOutput(tmp_path).groups.iterdir()) == before
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert runs[-1]["prompts"] == 0 and again["prompts_written"] == 32
 
@@ -89,7 +87,8 @@ def test_killed_teacher_actor_is_restarted_and_its_batch_retried(baseline, tiny_
     def kill_when_generating():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            shards = list((tmp_path / KEPT_DIR).glob("*.parquet")) + list((tmp_path / DROPPED_DIR).glob("*.parquet"))
+            out = CurateOutput(tmp_path)
+            shards = list(out.groups.glob("*.parquet")) + list(out.dropped.glob("*.parquet"))
             pids = _generation_actor_pids()
             if shards and pids:
                 os.kill(pids[0], signal.SIGKILL)
@@ -98,7 +97,7 @@ def test_killed_teacher_actor_is_restarted_and_its_batch_retried(baseline, tiny_
 
     killer = threading.Thread(target=kill_when_generating)
     killer.start()
-    curate(small(tiny_cfg, engine={"batch_size": 4}), tmp_path)
+    curate(small(tiny_cfg, **{"curate.engine.batch_size": 4}), tmp_path)
     killer.join()
     assert killed, "the teacher actor was never seen alive while writing"
     assert [r["id"] for r in all_rows(tmp_path)] == [r["id"] for r in all_rows(out)]
@@ -111,7 +110,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(baseline, ray_cluster,
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / KEPT_DIR).glob("*.parquet")):
+    while time.time() < deadline and not list(CurateOutput(tmp_path).groups.glob("*.parquet")):
         assert first.poll() is None, "the first run ended before writing anything"
         time.sleep(0.05)
     first.kill()
@@ -130,10 +129,9 @@ def test_transformers_engine_and_quarantine(ray_cluster, tiny_cfg, tmp_path, sha
     bad = [json.dumps({"question": "", "answer": "#### 1"}), "{broken", json.dumps({"question": "q", "answer": "none"})]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(rows[:3] + bad + rows[3:]) + "\n")
-    cfg = small(tiny_cfg, n=6, engine={"engine": "transformers"}, sampling=tiny_cfg.curate.sampling.model_copy(update={"n": 2, "max_tokens": 48}))
-    cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"max_len": 48}),
-                                 "curate": cfg.curate.model_copy(update={"dataset": cfg.curate.dataset.model_copy(
-                                     update={"name": "gsm8k", "split": "test", "path": str(path)})})})
+    cfg = small(tiny_cfg, n=6, **{"curate.engine.engine": "transformers", "curate.sampling.n": 2,
+                                  "curate.sampling.max_tokens": 48, "reward.max_len": 48,
+                                  "curate.dataset": {"name": "gsm8k", "split": "test", "path": str(path), "limit": 6}})
     summary = curate(cfg, tmp_path / "out")
     assert summary["prompts_read"] == summary["prompts_written"] == 6 and summary["quarantined"] == 3
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from advdistill.data.synthetic import make_split
 from advdistill.prompts import build_prompt, end_of_turn_token_ids
-from advdistill.teacher.engines import GenerationParams, HFEngine, VLLMEngine
+from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
 
 from conftest import TINY_TEACHER
 

@@ -8,8 +8,8 @@ from advdistill.config import DatasetConfig
 from advdistill.data.loaders import load_records
 from advdistill.scoring import is_correct
 from advdistill.prompts import template_response
-
-FIELDS = {"id", "task", "question", "reference", "choices", "meta"}
+from advdistill.schema import Record, columns
+from advdistill.tasks import OPTION_LETTERS
 
 
 def write_jsonl(path, rows):
@@ -21,7 +21,7 @@ def test_gsm8k_from_local_file(shared_data):
     result = load_records(DatasetConfig(name="gsm8k", split="test", path=str(shared_data / "gsm8k" / "test.jsonl")))
     assert len(result.records) == 1319 and not result.quarantined
     first = result.records[0]
-    assert set(first) == FIELDS
+    assert tuple(first) == columns(Record)
     assert first["id"] == "gsm8k-test-00000" and first["reference"] == "18" and first["task"] == "gsm8k"
     assert len({r["id"] for r in result.records}) == 1319
     big = [r for r in result.records if "," in r["meta"]["solution"].split("####")[-1]]
@@ -46,7 +46,7 @@ def test_mmlu_pro_seeded_split_is_disjoint_and_reproducible(shared_data):
     assert len(test) == 12 and len(train) == 30 and not {r["id"] for r in train} & {r["id"] for r in test}
     assert [r["id"] for r in test] == [r["id"] for r in again] != [r["id"] for r in other]
     r = test[0]
-    assert r["choices"] and r["reference"] in "ABCDEFGHIJ" and r["meta"]["category"]
+    assert r["choices"] and r["reference"] in OPTION_LETTERS and r["meta"]["category"]
 
 
 def test_open_s1_and_open_rs_hard_only(tmp_path):

@@ -7,6 +7,9 @@ import torch
 
 from advdistill.loss import IGNORE_INDEX, advdistill_loss, advdistill_loss_terms, sft_loss, token_logprobs
 
+# The SPEC's values, which the hand-worked cases below assume.
+SPEC = {"tau": 0.5, "lam": 0.5, "delta": 1e-5}
+
 
 def naive_logprobs(hidden, weight, labels):
     logits = hidden @ weight.t()
@@ -74,7 +77,7 @@ def test_advdistill_loss_equals_naive_float64_values_and_gradients(seed):
     mask = labels != IGNORE_INDEX
     advantages = torch.tensor([1.2, -0.3, 0.4, -1.3], dtype=torch.float64)
     correct = torch.tensor([True, False, True, False])
-    ours = advdistill_loss(token_logprobs(hidden, weight, labels, chunk_size=4).double(), mask, advantages, correct)
+    ours = advdistill_loss(token_logprobs(hidden, weight, labels, chunk_size=4).double(), mask, advantages, correct, **SPEC)
     ours.backward()
     g_ours = (hidden.grad.clone(), weight.grad.clone())
     hidden.grad = weight.grad = None
@@ -101,7 +104,7 @@ def test_three_response_toy_group_by_hand():
     w = [math.exp(2) / z, 1 / z, math.exp(-2) / z]
     expected_ce = w[0] * 1.5 * ln2 + w[1] * ln2 + w[2] * (5 / 3) * ln2
     expected_contrastive = 0.5 / 3 * (ln2 - math.log(2 / 3))
-    terms = advdistill_loss_terms(lp, mask, adv, correct)
+    terms = advdistill_loss_terms(lp, mask, adv, correct, **SPEC)
     assert terms.weighted_ce.item() == pytest.approx(expected_ce, rel=1e-12)
     assert terms.contrastive.item() == pytest.approx(expected_contrastive, rel=1e-12)
     assert terms.total.item() == pytest.approx(expected_ce + expected_contrastive, rel=1e-12)
@@ -110,7 +113,7 @@ def test_three_response_toy_group_by_hand():
 
 def test_contrastive_term_is_clamped_near_certainty():
     lp = torch.zeros(1, 3, dtype=torch.float64)  # p = 1 everywhere: p̄ = 1 is clamped to 1 - δ
-    loss = advdistill_loss(lp, torch.ones(1, 3), torch.zeros(1, dtype=torch.float64), torch.tensor([False]), delta=1e-5)
+    loss = advdistill_loss(lp, torch.ones(1, 3), torch.zeros(1, dtype=torch.float64), torch.tensor([False]), **SPEC)
     # CE = 0, C = -ln(1e-5), lam / N = 0.5
     assert loss.item() == pytest.approx(0.5 * -math.log(1e-5))
     assert torch.isfinite(loss)
@@ -119,7 +122,7 @@ def test_contrastive_term_is_clamped_near_certainty():
 def test_all_correct_group_has_no_contrastive_term_and_empty_responses_are_safe():
     lp = torch.log(torch.full((2, 2), 0.5, dtype=torch.float64))
     mask = torch.tensor([[1, 1], [0, 0]])
-    terms = advdistill_loss_terms(lp, mask, torch.zeros(2, dtype=torch.float64), torch.tensor([True, True]))
+    terms = advdistill_loss_terms(lp, mask, torch.zeros(2, dtype=torch.float64), torch.tensor([True, True]), **SPEC)
     assert terms.contrastive.item() == 0
     assert terms.total.item() == pytest.approx(0.5 * math.log(2))  # w = [.5, .5]; CE of the empty one = 0
 

@@ -6,12 +6,14 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss
 from advdistill.train.attention import PackedSegments, dense_mask, flex_available, resolve_packed_attention
 from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
+from advdistill.train.layout import model_inputs
 from advdistill.train.model import ResponseLogProbs
 
-INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids", "gather_index")
+LOSS = LossConfig()
 
 
 def tiny_lm(attn: str, packed_attention: str = "dense", dtype=torch.float64) -> ResponseLogProbs:
@@ -31,7 +33,7 @@ GROUP = {
 
 
 def per_response(model, batch):
-    logprobs, mask = model(**{k: batch[k] for k in INPUTS if k in batch})
+    logprobs, mask = model(**model_inputs(batch))
     return [logprobs[i][mask[i]] for i in range(mask.shape[0])], logprobs, mask
 
 
@@ -66,7 +68,8 @@ def test_packed_loss_has_the_same_gradients(backend):
         model.zero_grad()
         batch = make(GROUP, pad_id=0)
         _, logprobs, mask = per_response(model, batch)
-        advdistill_loss(logprobs, mask, batch["advantages"].double(), batch["correct"]).backward()
+        advdistill_loss(logprobs, mask, batch["advantages"].double(), batch["correct"], tau=LOSS.tau, lam=LOSS.lam,
+                        delta=LOSS.delta).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-8, msg=name)

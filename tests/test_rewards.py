@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from advdistill.config import RewardConfig
+from advdistill.config import AdvantageConfig, RewardConfig
 from advdistill.scoring import (
     advantage_weights,
     best_response,
@@ -92,7 +92,7 @@ def test_group_advantages_known_vector():
 
 def test_group_advantages_population_std_option():
     r = [0.0, 2.0]  # population std 1, Bessel std sqrt(2)
-    np.testing.assert_allclose(group_advantages(r, bessel=False), np.array([-1, 1]) / (1 + 1e-4))
+    np.testing.assert_allclose(group_advantages(r, AdvantageConfig(bessel=False)), np.array([-1, 1]) / (1 + 1e-4))
     np.testing.assert_allclose(group_advantages(r), np.array([-1, 1]) / (math.sqrt(2) + 1e-4))
 
 
@@ -110,7 +110,7 @@ def test_advantage_weights_by_hand():
     # softmax([0, 1] / 0.5) = [1, e^2] / (1 + e^2)
     w = advantage_weights([0.0, 1.0], tau=0.5)
     np.testing.assert_allclose(w, np.array([1, math.e**2]) / (1 + math.e**2))
-    assert advantage_weights([5.0] * 4).tolist() == [0.25] * 4
+    assert advantage_weights([5.0] * 4, tau=0.5).tolist() == [0.25] * 4
 
 
 def test_best_response_ties_shorter_then_lower_index():

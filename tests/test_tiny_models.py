@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from advdistill.data.synthetic import make_split
 from advdistill.prompts import build_prompt
 from advdistill.scoring import format_reward, is_correct
-from advdistill.teacher.engines import GenerationParams, HFEngine, VLLMEngine
+from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
 
 from conftest import TINY_STUDENT, TINY_TEACHER
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from advdistill.config import ExperimentConfig, TrainConfig
+from advdistill.config import ExperimentConfig, with_overrides
 from advdistill.train.collate import tokenize_group
 from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch, packed_attention
 from advdistill.train.model import ResponseLogProbs
@@ -19,8 +19,7 @@ from groups_fixture import write_groups
 def train_cfg(base: ExperimentConfig, **train) -> ExperimentConfig:
     settings = {"epochs": 2, "groups_per_step": 4, "num_workers": 2, "val_fraction": 0.0, "checkpoint_every": 2,
                 "warmup_ratio": 0.0, "lr": 1e-3, **train}
-    # Validated (model_copy would accept a stale or misspelt key silently).
-    return base.model_copy(update={"train": TrainConfig.model_validate({**base.train.model_dump(), **settings})})
+    return with_overrides(base, {f"train.{key}": value for key, value in settings.items()})
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,10 @@ def tokenized(groups, tiny_cfg, tiny_tokenizer):
 
 def mean_loss(model_dir, rows, cfg) -> float:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)).eval()
+    model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                             chunk_size=cfg.train.loss.chunk_size).eval()
     with torch.no_grad():
-        losses = [loss_terms(model, make_batch(tokenize_group(r, tokenizer, cfg), cfg, tokenizer.pad_token_id), cfg).total.item()
+        losses = [loss_terms(model, make_batch(tokenize_group(r, tokenizer, cfg), cfg, tokenizer.pad_token_id), cfg)["loss"].item()
                   for r in rows]
     return sum(losses) / len(losses)
 
@@ -77,7 +77,7 @@ def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_c
     ids = tokenizer("<think>", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
 
-    from advdistill.teacher.engines import GenerationParams, VLLMEngine
+    from advdistill.generation.engines import GenerationParams, VLLMEngine
 
     engine = VLLMEngine(str(final), tiny_cfg.eval.engine)
     [[completion]] = engine.generate(["<|im_start|>user\nTom has 3 apples. He buys 2 more. How many apples does Tom "
@@ -95,13 +95,13 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
     # Adam's first step turns rounding in near-zero gradients into whole-step differences).
     tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
-                             packed_attention=packed_attention(cfg, "cpu"))
+                             chunk_size=cfg.train.loss.chunk_size, packed_attention=packed_attention(cfg, "cpu"))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     micro = epoch_order(len(tokenized), 0, cfg.train.seed)[:6]
     total = 0.0
     for index in micro:
         batch = make_batch(tokenize_group(tokenized[index], tokenizer, cfg), cfg, tokenizer.pad_token_id)
-        loss = loss_terms(model, batch, cfg).total
+        loss = loss_terms(model, batch, cfg)["loss"]
         (loss / len(micro)).backward()
         total += loss.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
@@ -118,7 +118,7 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
 
 def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_cluster, groups, tmp_path):
     reference, _, cfg = advdistill_run
-    failing = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fail_at_step": 5})})
+    failing = with_overrides(cfg, {"train.fail_at_step": 5})
     metrics = train(failing, groups, tmp_path)
     assert metrics["step"] == 6
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 7))  # no step twice, none lost
@@ -170,6 +170,7 @@ def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster,
     from transformers import get_cosine_schedule_with_warmup
 
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
+                             chunk_size=cfg.train.loss.chunk_size,
                              packed_attention=packed_attention(cfg, "cpu"))  # the workers' backend
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 7)
@@ -178,7 +179,7 @@ def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster,
         groups = order[3 * step : 3 * step + 3]
         total = 0.0
         for index in groups:
-            loss = loss_terms(model, make_batch(kept[index], cfg, tokenizer.pad_token_id), cfg).total
+            loss = loss_terms(model, make_batch(kept[index], cfg, tokenizer.pad_token_id), cfg)["loss"]
             (loss / len(groups)).backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)

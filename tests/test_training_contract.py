@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
-from advdistill.config import ExperimentConfig
+from advdistill.config import ExperimentConfig, with_overrides
 from advdistill.report.tables import training_table
 from advdistill.scoring import group_advantages, score_group
 from advdistill.train.collate import response_token_ids, select_responses, tokenize_group
@@ -33,7 +33,7 @@ def group_row(responses, finish_reasons=None, record=RECORD, lengths=None):
 
 
 def with_train(cfg: ExperimentConfig, **train) -> ExperimentConfig:
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+    return with_overrides(cfg, {f"train.{key}": value for key, value in train.items()})
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_three_response_ablation_recomputes_advantages_on_the_first_three(tiny_c
     row = group_row([RIGHT, WRONG, WRONG] + [RIGHT] * 5)
     chosen = select_responses(row, with_train(tiny_cfg, responses_per_group=3))
     assert chosen["keep"] and chosen["correct"] == [True, False, False]
-    expected = group_advantages(row["rewards"][:3], eps=tiny_cfg.advantage.eps, bessel=tiny_cfg.advantage.bessel)
+    expected = group_advantages(row["rewards"][:3], tiny_cfg.advantage)
     assert chosen["advantages"] == pytest.approx(expected.tolist())
     assert chosen["finish_reasons"] == ["stop"] * 3
 

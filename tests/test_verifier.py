@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from advdistill.prompts import template_response
 from advdistill.scoring import composite_reward, extract_answer, format_reward, is_correct
 from advdistill.scoring import math_verify_pool
+from advdistill.tasks import OPTION_LETTERS
 
 from conftest import read_jsonl
 
@@ -54,10 +55,9 @@ def test_gsm_plus_samples_verify(shared_data):
 
 def test_mmlu_pro_samples_verify(shared_data):
     rows = read_jsonl(shared_data / "samples" / "mmlu_pro_test.sample.jsonl")
-    letters = "ABCDEFGHIJ"
     for row in rows:
         ref = row["answer"]
-        wrong = letters[(letters.index(ref) + 1) % len(row["options"])]
+        wrong = OPTION_LETTERS[(OPTION_LETTERS.index(ref) + 1) % len(row["options"])]
         assert is_correct(template_response("reasoning", ref), ref, "mmlu_pro")
         assert not is_correct(template_response("reasoning", wrong), ref, "mmlu_pro")
 

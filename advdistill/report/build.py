@@ -1,4 +1,4 @@
-"""Assemble `report/report.md` and its figures from a run folder (see `advdistill.pipeline`)."""
+"""Assemble `report/report.md` and its figures from a run folder (`advdistill.run_layout`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from advdistill.report import plots
+from advdistill.curate.store import read_shards
 from advdistill.evaluation.stats import aligned, discordant_pairs, paired_difference
+from advdistill.report import plots
 from advdistill.report.tables import (
     accuracy_table,
     behaviour_tables,
@@ -16,6 +17,8 @@ from advdistill.report.tables import (
     paired_table,
     training_table,
 )
+from advdistill.run_layout import RunLayout
+from advdistill.tasks import breakdown_fields
 
 # The comparisons the paper's claim rests on: each distilled student against the base it started
 # from, and the two methods against each other (AdvDistill − SFT).
@@ -30,33 +33,34 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def load_results(run: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def load_results(run: RunLayout, manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """results[model][split label] = metrics.json of that evaluation (missing ones left out)."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for model in manifest["models"]:
         for label in manifest["splits"]:
-            metrics = _read_json(run / "eval" / f"{model}-{label}" / "metrics.json")
+            metrics = _read_json(run.eval(model, label).metrics)
             if metrics is not None:
                 results.setdefault(model, {})[label] = metrics
     return results
 
 
-def load_verdicts(run: Path, model: str, split: str) -> dict[str, bool] | None:
+def load_verdicts(run: RunLayout, model: str, split: str) -> dict[str, bool] | None:
     """{item id: correct} of one evaluation (its predictions.jsonl), or None if it did not run."""
-    rows = _read_jsonl(run / "eval" / f"{model}-{split}" / "predictions.jsonl")
+    rows = _read_jsonl(run.eval(model, split).predictions)
     return {r["id"]: bool(r["correct"]) for r in rows} if rows else None
 
 
-def paired_comparisons(run: Path, models: list[str], splits: list[str],
+def paired_comparisons(run: str | Path, models: list[str], splits: list[str],
                        pairs: tuple[tuple[str, str], ...] = COMPARISONS) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
     """comparisons[(a, b)][split] = the paired difference acc(a) − acc(b) on that split's items,
     its bootstrap interval and the discordant counts, for every pair both of whose evaluations ran."""
+    layout = RunLayout(Path(run))
     out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for a, b in pairs:
         if a not in models or b not in models:
             continue
         for split in splits:
-            va, vb = load_verdicts(run, a, split), load_verdicts(run, b, split)
+            va, vb = load_verdicts(layout, a, split), load_verdicts(layout, b, split)
             if va is None or vb is None:
                 continue
             x, y = aligned(va, vb)
@@ -66,17 +70,15 @@ def paired_comparisons(run: Path, models: list[str], splits: list[str],
 
 def write_report(run: str | Path) -> Path:
     """Write RUN/report/report.md (+ PNGs) and return its path."""
-    from advdistill.teacher.stage import read_shards
-
-    run = Path(run)
-    manifest = _read_json(run / "run.json")
+    layout = RunLayout(Path(run))
+    manifest = _read_json(layout.manifest)
     if manifest is None:
-        raise FileNotFoundError(f"{run / 'run.json'} not found: is {run} a distill.py output folder?")
-    out = run / "report"
+        raise FileNotFoundError(f"{layout.manifest} not found: is {run} a distill.py output folder?")
+    out = layout.report
     out.mkdir(parents=True, exist_ok=True)
     splits, ood = manifest["splits"], manifest["ood"]
-    results = load_results(run, manifest)
-    summary = _read_json(run / "curate" / "summary.json") or {}
+    results = load_results(layout, manifest)
+    summary = layout.curate.read_summary()
 
     sections = [f"# AdvDistill report: {manifest['name']}",
                 f"Teacher `{manifest['models']['teacher']['path']}`, student `{manifest['models']['base']['path']}`; "
@@ -84,7 +86,7 @@ def write_report(run: str | Path) -> Path:
                 "## Accuracy (paper Table 1 shape)",
                 "Greedy decoding; each accuracy with its 95% (Wilson) interval.",
                 accuracy_table(results, splits, ood)]
-    comparisons = paired_comparisons(run, list(manifest["models"]), splits)
+    comparisons = paired_comparisons(layout.root, list(manifest["models"]), splits)
     if comparisons:
         sections += ["## Paired differences",
                      "Accuracy of one model minus another's on the same items, in points, with a paired-bootstrap "
@@ -92,14 +94,14 @@ def write_report(run: str | Path) -> Path:
                      "and only the second model gets right. An interval that contains 0 is no evidence of a difference.",
                      paired_table(comparisons, splits, ood)]
     for label in splits:
-        for key in ("perturbation_type", "category"):
+        for key in breakdown_fields():
             table = breakdown_table(results, label, key)
             if table:
                 sections += [f"### {label}: accuracy by {key.replace('_', ' ')}", table]
     sections += ["## Behaviour", behaviour_tables(results, splits)]
 
     figures = []
-    groups = read_shards(run / "curate" / "groups", ["advantages"])
+    groups = read_shards(layout.curate.groups, ["advantages"])
     if groups is not None:
         advantages = [a for row in groups.column("advantages").to_pylist() for a in row]
         figures.append(plots.advantage_distribution(advantages, out / "advantages.png"))
@@ -108,7 +110,7 @@ def write_report(run: str | Path) -> Path:
     for label in splits:
         if any(label in per for per in results.values()):
             figures += plots.behaviour_bars(results, label, out)
-    histories = {path.parent.name.removeprefix("train-"): _read_jsonl(path) for path in sorted(run.glob("train-*/metrics.jsonl"))}
+    histories = {name: _read_jsonl(t.metrics) for name, t in layout.trainings().items()}
     histories = {k: v for k, v in histories.items() if v}
     if histories:
         figures.append(plots.training_curves(histories, out / "training-loss.png"))
@@ -120,7 +122,7 @@ def write_report(run: str | Path) -> Path:
                      f"{summary['quarantined']} input rows quarantined; teacher per-sample accuracy "
                      f"{100 * summary['per_sample_accuracy']:.1f}%, template followed in "
                      f"{100 * summary['format_ok']:.1f}% of samples."]
-    trainings = {path.parent.name.removeprefix("train-"): _read_json(path) for path in sorted(run.glob("train-*/result.json"))}
+    trainings = {name: _read_json(t.result) for name, t in layout.trainings().items() if t.result.is_file()}
     if trainings:
         sections += ["## Training",
                      "Validation groups are a stated choice (`train.val_fraction`): that share of the kept groups, "

@@ -9,9 +9,10 @@ from advdistill.scoring.groups import (
     score_group,
 )
 from advdistill.scoring.rewards import composite_reward, cosine_reward, format_reward
-from advdistill.scoring.verify import answers_match, is_correct, parse_number
+from advdistill.scoring.verify import Verdict, answers_match, is_correct, judge, parse_number
 
 __all__ = [
+    "Verdict",
     "advantage_weights",
     "answers_match",
     "best_response",
@@ -21,6 +22,7 @@ __all__ = [
     "format_reward",
     "group_advantages",
     "is_correct",
+    "judge",
     "keep_group",
     "last_boxed",
     "normalize_choice",

@@ -24,8 +24,7 @@ from __future__ import annotations
 import re
 
 from advdistill.scoring.critical_thinking import STATEMENT, UNANSWERABLE
-
-MULTIPLE_CHOICE_TASKS = frozenset({"mmlu_pro"})
+from advdistill.tasks import OPTION_LETTERS, get_task
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
@@ -38,12 +37,13 @@ _ANSWER_IS = [
     re.compile(rf"answer is\s*:?\s*{_UNANSWERABLE_AFTER}", re.IGNORECASE),
 ]
 _STATEMENT = re.compile(rf"{STATEMENT}[^\n.$]{{0,60}}", re.IGNORECASE)
-# The official MMLU-Pro extraction patterns, in their order.
-_MC_ANSWER_IS = re.compile(r"answer is \(?([A-J])\)?")
-_MC_ANSWER_COLON = re.compile(r"[aA]nswer:\s*([A-J])")
-_MC_LETTER = re.compile(r"\b([A-J])\b")
+# The official MMLU-Pro extraction patterns, in their order ([A-J]: the option letters).
+_LETTER = f"[{OPTION_LETTERS[0]}-{OPTION_LETTERS[-1]}]"
+_MC_ANSWER_IS = re.compile(rf"answer is \(?({_LETTER})\)?")
+_MC_ANSWER_COLON = re.compile(rf"[aA]nswer:\s*({_LETTER})")
+_MC_LETTER = re.compile(rf"\b({_LETTER})\b")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
-_LEADING_LETTER = re.compile(r"^([A-J])(?![A-Za-z])")
+_LEADING_LETTER = re.compile(rf"^({_LETTER})(?![A-Za-z])")
 # math-verify's rule for boxes that belong to one answer (see the module doc).
 _NEAR = 10
 _SEPARATED = 70
@@ -166,7 +166,7 @@ def extract_answer(text: str, task: str) -> str | None:
     Multiple-choice answers come back as the bare option letter when one can be read."""
     if not isinstance(text, str) or not text:
         return None
-    multiple_choice = task in MULTIPLE_CHOICE_TASKS
+    multiple_choice = get_task(task).multiple_choice
     block = answer_block(text)
     boxed = None
     if block is not None and multiple_choice:

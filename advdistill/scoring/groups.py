@@ -7,25 +7,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from advdistill.config import AdvantageConfig, RewardConfig
+from advdistill.schema import TRUNCATED
 from advdistill.scoring.rewards import composite_reward, format_reward
-from advdistill.scoring.verify import is_correct
-
-TRUNCATED = "length"  # finish reason of a response cut at the token limit (vLLM's name)
+from advdistill.scoring.verify import judge
 
 
-def group_advantages(rewards: Sequence[float], eps: float = 1e-4, bessel: bool = True) -> np.ndarray:
+def group_advantages(rewards: Sequence[float], cfg: AdvantageConfig | None = None) -> np.ndarray:
     """A_i = (R_i − mean(R)) / (std(R) + ε) over one prompt's responses.
 
-    std uses Bessel's correction (as TRL's GRPO) unless `bessel=False`. Equal rewards, or a
+    std uses Bessel's correction (as TRL's GRPO) unless `cfg.bessel` is off. Equal rewards, or a
     single response, give all-zero advantages."""
+    cfg = cfg or AdvantageConfig()
     r = np.asarray(rewards, dtype=np.float64)
     if r.size == 0:
         return r
     centred = r - r.mean()
     if r.size == 1:
         return np.zeros_like(r)
-    std = r.std(ddof=1 if bessel else 0)
-    return centred / (std + eps)
+    std = r.std(ddof=1 if cfg.bessel else 0)
+    return centred / (std + cfg.eps)
 
 
 def keep_group(correct: Sequence[bool]) -> bool:
@@ -33,7 +33,7 @@ def keep_group(correct: Sequence[bool]) -> bool:
     return bool(np.any(np.asarray(correct, dtype=bool)))
 
 
-def advantage_weights(advantages: Sequence[float], tau: float = 0.5) -> np.ndarray:
+def advantage_weights(advantages: Sequence[float], tau: float) -> np.ndarray:
     """w_i = softmax(A / τ)_i over the group (lower τ favours high-advantage responses)."""
     z = np.asarray(advantages, dtype=np.float64) / tau
     z = z - z.max()
@@ -61,17 +61,16 @@ def score_group(
 ) -> dict[str, Any]:
     """Score one prompt's K responses: correctness, format, composite reward, advantages, keep.
 
-    A response truncated at the token limit is incorrect whatever it says."""
+    A response truncated at the token limit is incorrect whatever it says (`judge`)."""
     reward_cfg = reward_cfg or RewardConfig()
-    advantage_cfg = advantage_cfg or AdvantageConfig()
     truncated = [reason == TRUNCATED for reason in finish_reasons]
-    correct = [(not cut) and is_correct(text, reference, task) for text, cut in zip(responses, truncated)]
+    correct = [judge(text, reason, reference, task).correct for text, reason in zip(responses, finish_reasons)]
     format_ok = [format_reward(text) == 1.0 for text in responses]
     rewards = [
         composite_reward(text, n, ok, cut, reward_cfg)
         for text, n, ok, cut in zip(responses, token_lengths, correct, truncated)
     ]
-    advantages = group_advantages(rewards, eps=advantage_cfg.eps, bessel=advantage_cfg.bessel)
+    advantages = group_advantages(rewards, advantage_cfg)
     return {
         "correct": correct,
         "format_ok": format_ok,

@@ -8,7 +8,8 @@
   decimals by math-verify's 6-digit rounding); anything else is math-verify's verdict
   (`verify(parse(gold), parse(answer))`, gold first), computed in a worker process that is
   killed at the deadline (`math_verify_pool`).
-- No extractable answer is incorrect (critical thinking aside).
+- No extractable answer is incorrect (critical thinking aside), and so is a response truncated
+  at the token limit, whatever it says (`judge`, the one place that rule is applied).
 
 Never raises. Bounded in time whatever the input, in any thread or process: extraction and the
 number path are linear in the text, and math-verify gets at most `math_verify_pool.TIME_LIMIT_S`
@@ -18,16 +19,21 @@ per response; a timeout counts as incorrect. No guard rejects answers by their s
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from advdistill.schema import TRUNCATED
 from advdistill.scoring.critical_thinking import critical_thinking_correct
-from advdistill.scoring.extract import MULTIPLE_CHOICE_TASKS, extract_answer, normalize_choice
+from advdistill.scoring.extract import extract_answer, normalize_choice
 from advdistill.scoring.math_verify_pool import latex_answers_match
 from advdistill.scoring.numbers import numbers_match, parse_number, read_number
+from advdistill.tasks import TaskSpec, get_task
 
-__all__ = ["answers_match", "is_correct", "parse_number"]
+__all__ = ["Verdict", "answers_match", "is_correct", "judge", "parse_number"]
 
 
-def _is_critical_thinking(reference: str | None, task: str) -> bool:
-    return reference is None or (task == "gsm_plus" and str(reference).strip().lower() == "none")
+def _is_critical_thinking(reference: str | None, spec: TaskSpec) -> bool:
+    # A task whose references may be missing also spells a missing one "None" (GSM-PLUS).
+    return reference is None or (spec.reference_optional and str(reference).strip().lower() == "none")
 
 
 def _choice_matches(answer: str, reference: str) -> bool:
@@ -47,11 +53,12 @@ def _math_matches(answer: str, reference: str) -> bool:
 def answers_match(answer: str | None, reference: str | None, task: str) -> bool:
     """Whether an extracted answer equals the reference, SPEC §3 (never raises)."""
     try:
-        if _is_critical_thinking(reference, task):
+        spec = get_task(task)
+        if _is_critical_thinking(reference, spec):
             return critical_thinking_correct(answer)
         if answer is None:
             return False
-        if task in MULTIPLE_CHOICE_TASKS:
+        if spec.multiple_choice:
             return _choice_matches(str(answer), str(reference))
         return _math_matches(str(answer), str(reference))
     except Exception:  # noqa: BLE001 - a verifier must never raise
@@ -59,8 +66,18 @@ def answers_match(answer: str | None, reference: str | None, task: str) -> bool:
 
 
 def is_correct(text: str, reference: str | None, task: str) -> bool:
-    """SPEC §3: extract the answer from a response and compare it with the reference.
-
-    A response truncated at the token limit is incorrect too; the caller knows the finish reason
-    (see `score_group`)."""
+    """SPEC §3: extract the answer from a response and compare it with the reference (for a
+    response whose finish reason is known, `judge` also applies the truncation rule)."""
     return answers_match(extract_answer(text, task), reference, task)
+
+
+class Verdict(NamedTuple):
+    answer: str | None  # the final answer read from the response
+    correct: bool
+
+
+def judge(text: str, finish_reason: str, reference: str | None, task: str) -> Verdict:
+    """A generated response's answer and correctness, SPEC §3: a response truncated at the token
+    limit is incorrect whatever it says (and is not verified)."""
+    answer = extract_answer(text, task)
+    return Verdict(answer, finish_reason != TRUNCATED and answers_match(answer, reference, task))

@@ -27,12 +27,13 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from advdistill.config import REPO, DatasetConfig, ExperimentConfig, Task, load_config
-from advdistill.data.loaders import group_field, load_records
+from advdistill.config import REPO, DatasetConfig, ExperimentConfig, load_config, with_overrides
+from advdistill.data.loaders import load_records
 from advdistill.evaluation.evaluator import score_predictions
 from advdistill.evaluation.metrics import summarize_predictions
-from advdistill.teacher.actor import prompt_seed
-from advdistill.teacher.engines import GenerationParams
+from advdistill.generation.engines import GenerationParams
+from advdistill.generation.rows import generate_rows
+from advdistill.tasks import MAX_OPTIONS, TaskName, get_task, task_names
 
 api = FastAPI(
     title="AdvDistill evaluation API",
@@ -45,14 +46,15 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=100_000)
     reference: str | None = Field(None, description="gold answer; null for GSM-PLUS 'critical thinking' items")
-    task: Task = Field(description="verifier to use: gsm8k, gsm_plus, open_s1, open_rs, mmlu_pro, synthetic")
-    choices: list[str] | None = Field(None, min_length=1, max_length=10, description="multiple-choice options (A–J)")
+    task: TaskName = Field(description=f"the task (verifier and prompt format): {', '.join(task_names())}")
+    choices: list[str] | None = Field(None, min_length=1, max_length=MAX_OPTIONS,
+                                      description=f"multiple-choice options (at most {MAX_OPTIONS}, lettered from A)")
     id: str | None = Field(None, max_length=200)
 
 
 class DatasetRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Task
+    name: TaskName
     split: str = Field(min_length=1, max_length=50)
     limit: int | None = Field(None, ge=1)
     path: str | None = Field(None, description="JSONL/Parquet file relative to the server's data root")
@@ -92,7 +94,7 @@ class ModelServer:
     """One model, one engine; chunks from concurrent requests are merged into engine calls."""
 
     def __init__(self, path: str, cfg: dict[str, Any]):
-        from advdistill.teacher.engines import make_engine
+        from advdistill.generation.engines import make_engine
 
         self.cfg = ExperimentConfig.model_validate(cfg)
         self.engine = make_engine(path, self.cfg.eval.engine)
@@ -102,8 +104,6 @@ class ModelServer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _batched(self, calls: list[tuple[list[dict[str, Any]], dict[str, Any], int]]) -> list[list[dict[str, Any]]]:
-        from advdistill.prompts import build_prompt
-
         results: list[list[dict[str, Any]]] = [[] for _ in calls]
         # Calls with the same sampling run as one engine call.
         by_params: dict[str, list[int]] = {}
@@ -112,15 +112,13 @@ class ModelServer:
         for key, indices in by_params.items():
             params_dict, few_shot = json.loads(key)
             seed = params_dict.pop("seed", 0)
-            params = GenerationParams(**params_dict)
-            rows = [(i, r) for i in indices for r in calls[i][0]]
-            prompts = [build_prompt(self.engine.tokenizer, r, few_shot=few_shot, prompt_cfg=self.cfg.prompt) for _, r in rows]
-            seeds = [prompt_seed(seed, r["id"]) for _, r in rows] if params.temperature > 0 else None
+            owners = [i for i in indices for _ in calls[i][0]]
+            records = [r for i in indices for r in calls[i][0]]
             # vLLM's offline engine is synchronous: keep the replica's event loop free meanwhile.
-            outputs = await asyncio.to_thread(self.engine.generate, prompts, params, seeds)
-            for (i, record), outs in zip(rows, outputs):
-                results[i].append(dict(record, responses=[o.text for o in outs], token_lengths=[o.num_tokens for o in outs],
-                                       finish_reasons=[o.finish_reason for o in outs]))
+            rows = await asyncio.to_thread(generate_rows, self.engine, records, GenerationParams(**params_dict),
+                                           prompt=self.cfg.prompt, few_shot=few_shot, seed=seed)
+            for owner, row in zip(owners, rows):
+                results[owner].append(row)
         return results
 
 
@@ -128,6 +126,9 @@ class ModelServer:
 @serve.ingress(api)
 class EvaluateAPI:
     def __init__(self, models: dict[str, Any], descriptions: list[dict[str, Any]], cfg: dict[str, Any]):
+        from advdistill.scoring.math_verify_pool import warm_up
+
+        warm_up()  # this replica scores every answer: start math-verify's workers before the first one
         self.models = models
         self.descriptions = {d["name"]: d for d in descriptions}
         self.cfg = ExperimentConfig.model_validate(cfg)
@@ -195,7 +196,7 @@ class EvaluateAPI:
             raise HTTPException(404, f"dataset not available: {err}") from None
         except Exception as err:  # noqa: BLE001 - the hub may be unreachable from the cluster
             raise HTTPException(502, f"could not load dataset {ref.name!r}: {type(err).__name__}") from None
-        return loaded.records, group_field(ref.name)
+        return loaded.records, get_task(ref.name).group_by
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -204,18 +205,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     args: config (experiment YAML), models: [{name, path, base_model, ray_actor_options?}], and any `serve.*`
     field (checkpoint_root, data_root, max_items, max_tokens_limit, token_env)."""
     args = dict(args)
-    overrides = [f"serve.{k}={json.dumps(args.pop(k))}" for k in
-                 ("checkpoint_root", "data_root", "max_items", "max_tokens_limit", "token_env") if k in args]
     config = args.pop("config", None)
-    cfg = load_config(REPO / config if config else None, overrides)
+    cfg = with_overrides(load_config(REPO / config if config else None),
+                         {f"serve.{k}": args.pop(k) for k in
+                          ("checkpoint_root", "data_root", "max_items", "max_tokens_limit", "token_env") if k in args})
     models = args.pop("models", None)
     if not models:
         raise ValueError("build_app needs a non-empty 'models' list of {name, path, base_model}")
     # Relative roots are relative to the repository, not to wherever Serve builds the app (the
     # builder runs in a Ray task whose working directory is not the caller's).
     root, data_root = (REPO / cfg.serve.checkpoint_root).resolve(), (REPO / cfg.serve.data_root).resolve()
-    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"checkpoint_root": str(root),
-                                                                       "data_root": str(data_root)})})
+    cfg = with_overrides(cfg, {"serve.checkpoint_root": str(root), "serve.data_root": str(data_root)})
     handles, descriptions = {}, []
     for spec in models:
         name, path = spec["name"], spec["path"]

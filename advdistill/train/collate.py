@@ -1,4 +1,5 @@
-"""From a groups-table row to the tensors of one micro-batch (one group) — pure, no Ray.
+"""From a curated group (`schema.CuratedGroup`) to a tokenised one (`schema.TokenisedGroup`) and
+the tensors of one micro-batch — pure, no Ray.
 
 A group is tokenised as the *zero-shot student prompt* followed by each response; prompt tokens
 are masked out of the loss (SPEC §6). A response the teacher ended itself (finish reason "stop")
@@ -7,24 +8,27 @@ stops it; a response cut at the teacher's token limit ("length") gets none, so t
 learns to stop mid-sentence. A response that does not fit in `max_seq_len` is cut, and the cut
 is counted (`truncated`, `truncated_responses`). `responses_per_group` K' < K keeps the first K'
 responses, recomputes their advantages and applies the keep rule again (SPEC §5: a group whose
-first K' responses are all incorrect is dropped); SFT keeps the best response only.
+first K' responses are all incorrect is dropped); then the training method (`train.mode`,
+`advdistill.train.methods`) picks the responses it trains on. A fixed share of the groups, by a
+hash of their id, is held out for validation (`val`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from advdistill.config import ExperimentConfig
 from advdistill.prompts import build_prompt, end_of_turn_token_ids
-from advdistill.scoring import best_response, group_advantages, keep_group
+from advdistill.schema import ENDED, CuratedGroup, TokenisedGroup
+from advdistill.scoring import group_advantages, keep_group
+from advdistill.train.methods import get_method
 # The tensor layouts live in a pure-torch module (bench/gpu_train.py imports it without the config
 # stack); re-exported here, where the rest of collation is.
 from advdistill.train.layout import group_batch, group_tokens, packed_group_batch  # noqa: F401
 
-TEACHER_ENDED = "stop"  # finish reason of a response the teacher ended itself (vs "length")
 
-
-def select_responses(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
+def select_responses(row: CuratedGroup, cfg: ExperimentConfig) -> dict[str, Any]:
     """The responses a group trains on, with their advantages, correctness and finish reasons,
     and whether the group is kept (`keep`): with K' < K the keep rule is applied again to the
     first K' responses, since the curated group was kept on all K."""
@@ -35,14 +39,18 @@ def select_responses(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, An
     if k is not None and k < len(responses):
         responses, rewards, correct = responses[:k], rewards[:k], correct[:k]
         lengths, finish_reasons = lengths[:k], finish_reasons[:k]
-        advantages = group_advantages(rewards, eps=cfg.advantage.eps, bessel=cfg.advantage.bessel).tolist()
-    keep = keep_group(correct)
-    if cfg.train.mode == "sft":
-        best = best_response(advantages, lengths)
-        responses, advantages = [responses[best]], [advantages[best]]
-        correct, finish_reasons = [correct[best]], [finish_reasons[best]]
-    return {"responses": responses, "advantages": advantages, "correct": correct,
-            "finish_reasons": finish_reasons, "keep": keep}
+        advantages = group_advantages(rewards, cfg.advantage).tolist()
+    candidates = {"responses": responses, "advantages": advantages, "correct": correct, "finish_reasons": finish_reasons,
+                  "token_lengths": lengths}
+    chosen = get_method(cfg.train.mode).select(candidates)
+    selected = {key: [candidates[key][i] for i in chosen] for key in ("responses", "advantages", "correct", "finish_reasons")}
+    return {**selected, "keep": keep_group(correct)}
+
+
+def is_validation(group_id: str, fraction: float) -> bool:
+    """A fixed, seed-free holdout by id hash: the same groups are held out on every run."""
+    bucket = int(hashlib.sha256(group_id.encode()).hexdigest()[:8], 16) % 10_000
+    return bucket < fraction * 10_000
 
 
 def response_token_ids(encoded: list[list[int]], finish_reasons: list[str], end_of_turn_id: int,
@@ -52,14 +60,14 @@ def response_token_ids(encoded: list[list[int]], finish_reasons: list[str], end_
     at most `budget` tokens."""
     ids, truncated = [], []
     for tokens, finish in zip(encoded, finish_reasons, strict=True):
-        tokens = list(tokens) + ([end_of_turn_id] if finish == TEACHER_ENDED else [])
+        tokens = list(tokens) + ([end_of_turn_id] if finish == ENDED else [])
         truncated.append(len(tokens) > budget)
         ids.append(tokens[:budget])
     return ids, truncated
 
 
-def tokenize_group(row: dict[str, Any], tokenizer: Any, cfg: ExperimentConfig,
-                   end_of_turn_id: int | None = None) -> dict[str, Any]:
+def tokenize_group(row: CuratedGroup, tokenizer: Any, cfg: ExperimentConfig,
+                   end_of_turn_id: int | None = None) -> TokenisedGroup:
     """Token ids of one group: the shared prompt and each response (end-of-turn appended where
     the teacher ended it, cut to fit). `keep` is False for a group the K' keep rule drops (it is
     tokenised all the same, so the caller can count it). `end_of_turn_id` defaults to the
@@ -78,6 +86,7 @@ def tokenize_group(row: dict[str, Any], tokenizer: Any, cfg: ExperimentConfig,
     return {
         "id": row["id"],
         "keep": chosen["keep"],
+        "val": is_validation(row["id"], cfg.train.val_fraction),
         "prompt_ids": prompt_ids,
         "response_ids": response_ids,
         "advantages": [float(a) for a in chosen["advantages"]],

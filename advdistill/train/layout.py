@@ -20,6 +20,14 @@ import torch
 from advdistill.loss import IGNORE_INDEX
 
 PROMPT_SEGMENT = -1
+# The keys of a batch the model reads (`ResponseLogProbs.forward`); the rest (advantages,
+# correct) are the loss's.
+MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids", "gather_index")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The part of a group's batch that goes into the model, whichever the layout."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
 
 
 def group_batch(group: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:

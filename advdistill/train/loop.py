@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from advdistill.config import ExperimentConfig
-from advdistill.loss import LossTerms, advdistill_loss_terms, sft_loss
 from advdistill.prompts import end_of_turn_token_ids
-from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
 from advdistill.train.attention import resolve_packed_attention
+from advdistill.train.layout import group_batch, group_tokens, model_inputs, packed_group_batch
+from advdistill.train.methods import get_method
 from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing, shard_fsdp2
 
 TRAINER_STATE = "trainer_state.json"
@@ -64,9 +64,6 @@ def worker_micro_batches(groups: list[int], rank: int, world: int) -> list[tuple
     return mine + [(groups[0], 0.0)] * (passes - len(mine))
 
 
-MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids", "gather_index")
-
-
 def make_batch(group: dict[str, Any], cfg: ExperimentConfig, pad_id: int) -> dict[str, torch.Tensor]:
     """A group's tensors in the configured layout (separate sequences or shared-prefix packed)."""
     return packed_group_batch(group, pad_id) if cfg.train.shared_prefix_packing else group_batch(group, pad_id)
@@ -80,14 +77,10 @@ def packed_attention(cfg: ExperimentConfig, device_type: str) -> str:
     return resolve_packed_attention(cfg.train.packed_attention, device_type)
 
 
-def loss_terms(model: ResponseLogProbs, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> LossTerms:
-    logprobs, mask = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
-    if cfg.train.mode == "sft":
-        loss = sft_loss(logprobs, mask)
-        zero = loss.detach() * 0
-        return LossTerms(loss, loss.detach(), zero, zero)
-    lc = cfg.train.loss
-    return advdistill_loss_terms(logprobs, mask, batch["advantages"], batch["correct"], tau=lc.tau, lam=lc.lam, delta=lc.delta)
+def loss_terms(model: ResponseLogProbs, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The training method's terms on one group (`advdistill.train.methods`); "loss" is minimised."""
+    logprobs, mask = model(**model_inputs(batch))
+    return get_method(cfg.train.mode).loss(logprobs, mask, batch, cfg.train.loss)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -124,6 +117,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     cfg = ExperimentConfig.model_validate(loop_config["cfg"])
     student: str = loop_config["student"]
     tc = cfg.train
+    terms = get_method(tc.mode).terms  # what each step reports, "loss" first
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -181,22 +175,22 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         first = global_step - epoch * n_steps_epoch
         for step_in_epoch in range(first, n_steps_epoch):
             t0 = time.perf_counter()
-            # Summed on the device (no host sync per micro-batch): loss terms, tokens, responses
-            # cut at max_seq_len, over this worker's real groups.
-            sums = torch.zeros(6, device=device, dtype=torch.float64)
+            # Summed on the device (no host sync per micro-batch): the method's terms, tokens,
+            # responses cut at max_seq_len, over this worker's real groups.
+            sums = torch.zeros(len(terms) + 2, device=device, dtype=torch.float64)
             groups = step_groups(order, step_in_epoch, tc.groups_per_step)
             micro = worker_micro_batches(groups, rank, world)
             for i, (index, weight) in enumerate(micro):
                 group = train_groups[index]
                 # Reduce-scatter gradients once per optimizer step, not per micro-batch.
                 model.set_requires_gradient_sync(i == len(micro) - 1)
-                terms = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
+                values = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
                 # FSDP averages gradients over the W workers, so each worker scales its sum by
                 # W / len(groups): the step's gradient is the mean over its groups.
-                (terms.total * (weight * world / len(groups))).backward()
+                (values["loss"] * (weight * world / len(groups))).backward()
                 if weight:  # a padding micro-batch adds nothing to the step's figures
                     sums += torch.cat([
-                        torch.stack([terms.total, terms.weighted_ce, terms.contrastive, terms.weight_entropy]).detach().double(),
+                        torch.stack([values[name] for name in terms]).detach().double(),
                         sums.new_tensor([group_tokens(group, tc.shared_prefix_packing), group["truncated_responses"]]),
                     ])
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -208,15 +202,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             totals = _all_reduce_sum(sums, device)
             seconds = time.perf_counter() - t0
             n = len(groups)
-            tokens_seen += int(totals[4])
+            step_tokens, step_truncated = totals[len(terms)], totals[len(terms) + 1]
+            tokens_seen += int(step_tokens)
             metrics = {
                 "step": global_step, "epoch": epoch + (step_in_epoch + 1) / n_steps_epoch, "groups": n,
-                "loss": totals[0] / n, "weighted_ce": totals[1] / n,
-                "contrastive": totals[2] / n, "weight_entropy": totals[3] / n,
+                **{name: total / n for name, total in zip(terms, totals)},
                 "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
-                "lr": scheduler.get_last_lr()[0], "tokens_per_s": totals[4] / seconds, "tokens": tokens_seen,
+                "lr": scheduler.get_last_lr()[0], "tokens_per_s": step_tokens / seconds, "tokens": tokens_seen,
                 # responses of this step's groups that max_seq_len cut (SPEC §6)
-                "truncated_responses": int(totals[5]),
+                "truncated_responses": int(step_truncated),
                 "step_seconds": seconds,
             }
             if tc.fail_at_step == global_step and not resumed:
@@ -227,8 +221,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 metrics["val_loss"] = val_loss
             if rank == 0 and (global_step % tc.report_every == 0 or "val_loss" in metrics):
                 extra = f" val {val_loss:.4f}" if "val_loss" in metrics else ""
-                print(f"[train] step {global_step}/{total_steps} epoch {metrics['epoch']:.2f} loss {metrics['loss']:.4f}"
-                      f" ce {metrics['weighted_ce']:.4f} contrastive {metrics['contrastive']:.4f}"
+                figures = " ".join(f"{name} {metrics[name]:.4f}" for name in terms)
+                print(f"[train] step {global_step}/{total_steps} epoch {metrics['epoch']:.2f} {figures}"
                       f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s{extra}", flush=True)
             save = epoch_end or global_step % tc.checkpoint_every == 0
             report(metrics, save=save, export=epoch_end)
@@ -254,8 +248,8 @@ def _validate(model, groups, cfg, rank, world, device, pad_id) -> float:
     for i in range(per_rank):
         weight = 1.0 if i < len(mine) else 0.0
         group = mine[i] if i < len(mine) else groups[0]
-        terms = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
-        total += torch.tensor([weight * terms.total.item(), weight], dtype=torch.float64)
+        loss = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)["loss"]
+        total += torch.tensor([weight * loss.item(), weight], dtype=torch.float64)
     loss_sum, count = _all_reduce_sum(total, device)
     return loss_sum / max(count, 1.0)
 

@@ -23,8 +23,9 @@ from advdistill.train.attention import PackedAttention, packed_attention_mask, u
 
 
 class ResponseLogProbs(nn.Module):
-    def __init__(self, causal_lm: nn.Module, chunk_size: int = 512, packed_attention: PackedAttention = "dense"):
-        """`packed_attention`: how packed groups attend (see `advdistill.train.attention`); flex and
+    def __init__(self, causal_lm: nn.Module, chunk_size: int, packed_attention: PackedAttention = "dense"):
+        """`chunk_size`: tokens projected onto the vocabulary at once (`train.loss.chunk_size`).
+        `packed_attention`: how packed groups attend (see `advdistill.train.attention`); flex and
         segments route the model's attention through the project's dispatcher, which sends
         separate sequences to SDPA as before."""
         super().__init__()

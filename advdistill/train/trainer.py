@@ -6,13 +6,12 @@ by id hash — a stated choice, reported), counts the responses `max_seq_len` cu
 `train_loop` on a `TorchTrainer` (FSDP2, gloo on CPU, NCCL on GPU). Everything
 a worker writes goes through Ray Train's storage (`OUTPUT/checkpoints`), so the same code works
 on a laptop and on a cluster with shared storage; at the end the driver copies the last
-checkpoint's transformers export to `OUTPUT/final` and its metrics to `OUTPUT/metrics.jsonl`.
-Rerunning with the same output continues from the latest checkpoint.
+checkpoint's transformers export to `OUTPUT/final` and its metrics to `OUTPUT/metrics.jsonl`
+(`TrainOutput`). Rerunning with the same output continues from the latest checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from functools import lru_cache
@@ -22,26 +21,34 @@ from typing import Any
 import pyarrow as pa
 
 from advdistill.config import ExperimentConfig, dump_config
+from advdistill.curate.store import CurateOutput
+from advdistill.schema import TokenisedGroup, arrow_schema, from_arrow, to_arrow
 from advdistill.train.collate import student_end_of_turn_id, tokenize_group
 from advdistill.train.loop import HF_EXPORT, METRICS_FILE, train_loop
 
-GROUP_COLUMNS = ["id", "task", "question", "choices", "responses", "token_lengths", "finish_reasons", "correct",
-                 "rewards", "advantages"]
+
+class TrainOutput:
+    """A training run's folder (SPEC §9b)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.checkpoints = self.folder / "checkpoints"  # Ray Train's storage: sharded, resumable
+        self.final = self.folder / "final"  # a transformers folder with the tokenizer
+        self.metrics = self.folder / "metrics.jsonl"  # one line per optimizer step
+        self.result = self.folder / "result.json"  # the last step's figures and the training contract
+        self.config = self.folder / "config.yaml"
+
+    def is_complete(self) -> bool:
+        return self.final.is_dir() and self.result.is_file()
 
 
 def groups_folder(path: str | Path) -> Path:
     """Accept the curate output folder or its `groups/` folder."""
     path = Path(path)
-    folder = path / "groups" if (path / "groups").is_dir() else path
+    folder = CurateOutput(path).groups if CurateOutput(path).groups.is_dir() else path
     if not any(folder.glob("*.parquet")):
         raise FileNotFoundError(f"no groups table (*.parquet) in {folder}")
     return folder
-
-
-def is_validation(group_id: str, fraction: float) -> bool:
-    """A fixed, seed-free holdout by id hash: the same groups are held out on every run."""
-    bucket = int(hashlib.sha256(group_id.encode()).hexdigest()[:8], 16) % 10_000
-    return bucket < fraction * 10_000
 
 
 @lru_cache(maxsize=4)
@@ -54,10 +61,8 @@ def _tokenizer(student: str):
 def _tokenize_batch(batch: pa.Table, cfg: ExperimentConfig, student: str) -> pa.Table:
     tokenizer = _tokenizer(student)
     end_of_turn_id = student_end_of_turn_id(tokenizer)
-    rows = [tokenize_group(row, tokenizer, cfg, end_of_turn_id) for row in batch.to_pylist()]
-    for row in rows:
-        row["val"] = is_validation(row["id"], cfg.train.val_fraction)
-    return pa.Table.from_pylist(rows)
+    rows = [tokenize_group(row, tokenizer, cfg, end_of_turn_id) for row in from_arrow(batch)]
+    return to_arrow(rows, arrow_schema(TokenisedGroup))
 
 
 def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
@@ -85,13 +90,13 @@ def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, stud
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
-    output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(dump_config(cfg))
+    out = TrainOutput(Path(output).resolve())
+    out.folder.mkdir(parents=True, exist_ok=True)
+    out.config.write_text(dump_config(cfg))
     student = student or cfg.student
     student = str(Path(student).resolve()) if Path(student).exists() else student
 
-    table = ray.data.read_parquet(str(groups_folder(groups)), columns=GROUP_COLUMNS)
+    table = ray.data.read_parquet(str(groups_folder(groups)))
     tokenized = table.map_batches(_tokenize_batch, fn_kwargs={"cfg": cfg, "student": student},
                                   batch_format="pyarrow", batch_size=64).materialize()
     data = training_contract(tokenized.select_columns(["keep", "val", "truncated_responses"]).take_all(), cfg)
@@ -115,8 +120,8 @@ def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, stud
             num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
-            storage_path=str(output),
-            name="checkpoints",
+            storage_path=str(out.checkpoints.parent),
+            name=out.checkpoints.name,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
         ),
@@ -130,13 +135,12 @@ def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, stud
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         folder = Path(folder)
-        final = output / "final"
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(folder / HF_EXPORT, final)
-        shutil.copy(folder / METRICS_FILE, output / METRICS_FILE)
+        if out.final.exists():
+            shutil.rmtree(out.final)
+        shutil.copytree(folder / HF_EXPORT, out.final)
+        shutil.copy(folder / METRICS_FILE, out.metrics)
     # The last step's figures, less its per-step counts: the run's totals replace them.
     metrics = {k: v for k, v in (result.metrics or {}).items() if k not in ("groups", "truncated_responses")}
     metrics.update({**data, "mode": cfg.train.mode, "student": student})
-    (output / "result.json").write_text(json.dumps(metrics, indent=2, default=str))
+    out.result.write_text(json.dumps(metrics, indent=2, default=str))
     return metrics

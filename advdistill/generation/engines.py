@@ -19,8 +19,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from advdistill.config import EngineConfig
+from advdistill.config import EngineConfig, SamplingConfig
 from advdistill.prompts import end_of_turn_token_ids
+from advdistill.schema import ENDED, TRUNCATED
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +30,30 @@ log = logging.getLogger(__name__)
 class Completion:
     text: str
     num_tokens: int
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # schema.FinishReason: "stop" | "length"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationParams:
-    """Sampling for one call; temperature 0 means greedy (and then n must be 1)."""
+    """Sampling for one call; temperature 0 means greedy (and then n must be 1). The neutral
+    values below are the engine API's; experiments take theirs from the config."""
 
+    max_tokens: int
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int = 2048
+    top_k: int = -1  # -1 = no top-k
     ignore_eos: bool = False  # always generate max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if self.temperature == 0 and self.n != 1:
             raise ValueError("greedy decoding (temperature 0) gives one distinct sample: use n=1")
+
+    @classmethod
+    def from_sampling(cls, s: SamplingConfig) -> "GenerationParams":
+        """The teacher's sampling in curation (`curate.sampling`)."""
+        return cls(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+                   ignore_eos=s.ignore_eos)
 
 
 class Engine(Protocol):
@@ -139,7 +147,7 @@ class VLLMEngine:
         outputs = self.llm.generate(list(prompts), sampling, use_tqdm=False)
         return [
             [
-                Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                Completion(o.text, len(o.token_ids), TRUNCATED if o.finish_reason == "length" else ENDED)
                 for o in sorted(out.outputs, key=lambda o: o.index)
             ]
             for out in outputs
@@ -201,7 +209,7 @@ class HFEngine:
             end = None if params.ignore_eos else next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
             kept = ids if end is None else ids[:end]
             # No stop token means generation ran to max_new_tokens.
-            finish = "stop" if end is not None else "length"
+            finish = ENDED if end is not None else TRUNCATED
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             completions.append(Completion(text, len(kept), finish))
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]

@@ -1,0 +1,129 @@
+"""The generation layer on Ray Data, shared by curation and evaluation: an actor pool that holds
+one engine per actor and runs `generate_rows` on each batch of records, then an actor pool that
+scores the generated rows. Placement: one generation actor per `tensor_parallel_size` GPUs, the
+pool sized to the cluster's GPUs (on CPU, one actor); as many scoring actors at most.
+
+Batches travel as Arrow tables of the `advdistill.schema` tables (`to_arrow`/`from_arrow`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+
+from advdistill.config import EngineConfig, PromptConfig, ResourcesConfig
+from advdistill.generation.engines import GenerationParams, make_engine
+from advdistill.generation.rows import generate_rows
+from advdistill.schema import GeneratedGroup, Record, arrow_schema, columns, from_arrow, to_arrow
+
+
+def use_assigned_cpus() -> int:
+    """Ray starts workers with OMP_NUM_THREADS=1 (= one thread for torch), whatever CPUs the
+    actor reserved; an engine on CPU should compute with all of them (measured here: 1 of 2 cores
+    made curation 0.6x of a bare vLLM loop). Returns the thread count."""
+    import ray
+    import torch
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _passengers(batch: pa.Table) -> list[str]:
+    """Columns of a batch that are not the record's (an evaluation's split label): kept as they are."""
+    return [name for name in batch.column_names if name not in columns(Record)]
+
+
+class GenerationActor:
+    """Record batch in, the same rows out as `schema.GeneratedGroup` (prompt, responses,
+    token_lengths, finish_reasons)."""
+
+    def __init__(self, model: str, engine: EngineConfig, params: GenerationParams, prompt: PromptConfig,
+                 few_shot: int, seed: int):
+        use_assigned_cpus()
+        self.engine = make_engine(model, engine, seed=seed)
+        self.params, self.prompt_cfg, self.few_shot, self.seed = params, prompt, few_shot, seed
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = generate_rows(self.engine, from_arrow(batch), self.params, prompt=self.prompt_cfg, few_shot=self.few_shot,
+                             seed=self.seed)
+        return to_arrow(rows, arrow_schema(GeneratedGroup), extra=_passengers(batch))
+
+
+class ScoringActor:
+    """Generated rows in, `score_row(row)` of each out, as a table of `schema`. Constructing it
+    starts this process's math-verify workers, so the first LaTeX answer does not wait for them."""
+
+    def __init__(self, score_row: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema,
+                 extra: Sequence[str] = ()):
+        from advdistill.scoring.math_verify_pool import warm_up
+
+        warm_up()
+        self.score_row, self.schema, self.extra = score_row, schema, list(extra)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return to_arrow([self.score_row(row) for row in from_arrow(batch)], self.schema, extra=self.extra)
+
+
+# A dead generation actor is restarted and its in-flight batch retried, a bounded number of times
+# (Ray Data's default is unbounded, which turns a deterministic crash, e.g. OOM at load, into a hang).
+FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": 3}
+
+
+def actor_pool(resources: ResourcesConfig, engine: EngineConfig) -> tuple[dict[str, Any], int, int]:
+    """Ray resources per generation actor and the pool's (min, max) size."""
+    import ray
+
+    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = resources.use_gpu if resources.use_gpu is not None else cluster_gpus > 0
+    tp = engine.tensor_parallel_size
+    if use_gpu:
+        args: dict[str, Any] = {"num_gpus": tp, "num_cpus": resources.cpus_per_worker}
+        default_max = max(1, cluster_gpus // tp)
+    else:
+        args = {"num_cpus": resources.cpus_per_worker}
+        default_max = 1  # on CPU a second engine competes for the same cores (FIELD-NOTES)
+    max_size = resources.max_workers or default_max
+    return args, min(resources.min_workers, max_size), max_size
+
+
+def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine: EngineConfig, params: GenerationParams,
+                       prompt: PromptConfig, few_shot: int, seed: int, resources: ResourcesConfig,
+                       score_row: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema,
+                       extra: Sequence[str] = ()):
+    """A Ray dataset of `records` (`schema.Record`s, plus their `extra` columns) generated on an
+    autoscaling pool of `GenerationActor`s and scored row by row by `score_row` on a pool of
+    `ScoringActor`s (0.5 CPU each, no more of them than generation actors), as tables of `schema`
+    plus the `extra` columns. Consume it as a stream: batches arrive as they are scored."""
+    import ray
+
+    table = to_arrow(records, arrow_schema(Record), extra=extra)
+    # One block per engine batch: blocks are what Ray Data hands out, so the work spreads over the
+    # actors and the results stream back a batch at a time (one block would come back at the end).
+    ds = ray.data.from_arrow([table.slice(start, engine.batch_size) for start in range(0, len(table), engine.batch_size)])
+    remote_args, min_actors, max_actors = actor_pool(resources, engine)
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for actor restarts yet; its own docs point to these
+        # kwargs (map_batches(..., max_restarts=...)), which it flags as deprecated.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        generated = ds.map_batches(
+            GenerationActor,
+            fn_constructor_kwargs={"model": model, "engine": engine, "params": params, "prompt": prompt,
+                                   "few_shot": few_shot, "seed": seed},
+            batch_size=engine.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            **remote_args,
+            **FAULT_TOLERANCE,
+        )
+    return generated.map_batches(
+        ScoringActor,
+        fn_constructor_kwargs={"score_row": score_row, "schema": schema, "extra": list(extra)},
+        batch_size=engine.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+        num_cpus=0.5,
+    )

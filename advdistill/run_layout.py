@@ -1,0 +1,48 @@
+"""The folder of a `ray_jobs/distill.py` run (SPEC §9b), for the pipeline, its stages and the report.
+
+    OUTPUT/config.yaml          the resolved config
+    OUTPUT/run.json             the run's models, splits and what each stage cost
+    OUTPUT/curate/              curation          (`curate.store.CurateOutput`)
+    OUTPUT/train-NAME/          a training run    (`train.trainer.TrainOutput`)
+    OUTPUT/eval/MODEL-SPLIT/    an evaluation     (`evaluation.evaluator.EvalOutput`)
+    OUTPUT/report/              report.md and its figures
+
+Each stage's output object lives beside the code that writes it and says whether the stage
+finished (`is_complete()`); this one only names the folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from advdistill.config import DatasetConfig
+from advdistill.curate.store import CurateOutput
+from advdistill.evaluation.evaluator import EvalOutput
+from advdistill.train.trainer import TrainOutput
+
+TRAIN_PREFIX = "train-"
+
+
+def split_label(ds: DatasetConfig) -> str:
+    """`synthetic-test`: a dataset split's name in eval folders, tables and run.json."""
+    return f"{ds.name}-{ds.split}"
+
+
+class RunLayout:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.manifest = self.root / "run.json"
+        self.report = self.root / "report"
+        self.curate = CurateOutput(self.root / "curate")
+
+    def train(self, name: str) -> TrainOutput:
+        return TrainOutput(self.root / f"{TRAIN_PREFIX}{name}")
+
+    def trainings(self) -> dict[str, TrainOutput]:
+        """The training runs in this folder, by name."""
+        return {path.name.removeprefix(TRAIN_PREFIX): TrainOutput(path)
+                for path in sorted(self.root.glob(f"{TRAIN_PREFIX}*")) if path.is_dir()}
+
+    def eval(self, model: str, split: str) -> EvalOutput:
+        return EvalOutput(self.root / "eval" / f"{model}-{split}")
