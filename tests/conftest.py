@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ray_nodes import new_temp_dir, start_node, stop_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -68,17 +69,17 @@ def ray_cluster():
     port, dashboard = free_port(), free_port()
     # Logical CPUs above the 2 real ones: a generation actor, scoring tasks, two Train workers and
     # Serve replicas must all be schedulable side by side (FIELD-NOTES).
-    subprocess.run([str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--num-cpus=6", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-                   check=True, env=dict(os.environ), stdout=subprocess.DEVNULL)
+    temp_dir = new_temp_dir()
+    start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=6", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"], temp_dir)
     address = f"127.0.0.1:{port}"
-    ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV_DEFAULTS}})
     try:
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV_DEFAULTS}})
         yield RayCluster(address, f"http://127.0.0.1:{dashboard}")
     finally:
         ray.shutdown()
-        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=dict(os.environ), stdout=subprocess.DEVNULL)
+        stop_nodes(temp_dir)  # this cluster's processes only: `ray stop` would end every Ray process here
 
 
 @pytest.fixture(scope="session")
