@@ -17,7 +17,7 @@ from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
 from conftest import TINY_TEACHER
 
 ENDOFTEXT, IM_END = "<|endoftext|>", "<|im_end|>"
-MAX_TOKENS = 128  # the tiny teacher answers in ~35-55 tokens
+MAX_TOKENS = 256  # the tiny teacher answers in ~40-110 tokens
 
 
 def make_base_like(folder):

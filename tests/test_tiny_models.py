@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.data.synthetic import make_split
 from advdistill.prompts import build_prompt
-from advdistill.scoring import format_reward, is_correct
+from advdistill.scoring import format_reward, is_correct, judge
 from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
 
 from conftest import TINY_STUDENT, TINY_TEACHER
@@ -29,11 +29,47 @@ def test_model_folders_are_small_qwen2_with_the_shared_tokenizer(folder):
     assert "README.md" in {p.name for p in folder.iterdir()}
 
 
-def test_student_is_smaller_than_teacher():
+def test_student_has_at_most_a_third_of_the_teachers_parameters_and_models_stay_small():
     def n_params(folder):
         return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).parameters())
 
-    assert n_params(TINY_STUDENT) < n_params(TINY_TEACHER) / 2
+    assert n_params(TINY_STUDENT) <= n_params(TINY_TEACHER) / 3
+    size = sum(p.stat().st_size for p in TINY_TEACHER.parent.rglob("*") if p.is_file())
+    assert size < 40 * 2**20, size
+
+
+def _judged(engine, records, prompts, params, seeds=None):
+    outputs = engine.generate(prompts, params, seeds)
+    return [[judge(o.text, o.finish_reason, r["reference"], "synthetic").correct for o in outs]
+            for r, outs in zip(records, outputs)]
+
+
+@pytest.mark.slow
+def test_accuracy_bands_the_demo_relies_on(tiny_cfg, tiny_tokenizer):
+    """The builder's contract (the model cards have the 1,000-item figures): a teacher strong but
+    imperfect — >= 80% greedy on test, mixed groups when sampling, clearly worse out of
+    distribution — and a student base with headroom, 10-40% greedy on test. 300 items each, so a
+    band edge has about +-5 points of sampling noise; the built models sit well inside."""
+    def prompts_of(records):
+        return [build_prompt(tiny_tokenizer, r, few_shot=0, prompt_cfg=tiny_cfg.prompt) for r in records]
+
+    test, ood = make_split("test", 300, seed=0), make_split("ood", 300, seed=0)
+    greedy = GenerationParams(n=1, temperature=0.0, max_tokens=tiny_cfg.curate.sampling.max_tokens)
+    accuracy = {}
+    for name, folder in (("teacher", TINY_TEACHER), ("student", TINY_STUDENT)):
+        engine = VLLMEngine(str(folder), tiny_cfg.curate.engine)
+        for split, records in (("test", test), ("ood", ood)):
+            hits = _judged(engine, records, prompts_of(records), greedy)
+            accuracy[name, split] = sum(h[0] for h in hits) / len(hits)
+        if name == "teacher":
+            sampled = GenerationParams(n=8, temperature=0.9, max_tokens=tiny_cfg.curate.sampling.max_tokens)
+            groups = _judged(engine, test[:64], prompts_of(test[:64]), sampled, seeds=list(range(64)))
+            mixed = sum(0 < sum(g) < 8 for g in groups) / len(groups)
+        del engine
+    assert accuracy["teacher", "test"] >= 0.80, accuracy
+    assert accuracy["teacher", "ood"] <= accuracy["teacher", "test"] - 0.3, accuracy
+    assert 0.10 <= accuracy["student", "test"] <= 0.40, accuracy
+    assert mixed >= 0.2, mixed
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +89,11 @@ def test_transformers_engine_generates_in_the_template(problems, tiny_cfg):
 
 
 def test_vllm_engine_teacher_accuracy_guard(problems, tiny_cfg):
-    """32 test problems × 8 samples at temperature 0.9: per-sample accuracy above 15%."""
+    """32 test problems × 8 samples at temperature 0.9: per-sample accuracy above 50% (80% measured)."""
     records, prompts = problems
     engine = VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine)
-    outputs = engine.generate(prompts, GenerationParams(n=8, temperature=0.9, max_tokens=256), seeds=list(range(32)))
+    outputs = engine.generate(prompts, GenerationParams(n=8, temperature=0.9, max_tokens=160), seeds=list(range(32)))
     texts = [(o.text, r["reference"]) for r, outs in zip(records, outputs) for o in outs]
     assert sum(format_reward(t) for t, _ in texts) / len(texts) >= 0.95
     accuracy = sum(is_correct(t, ref, "synthetic") for t, ref in texts) / len(texts)
-    assert accuracy > 0.15, accuracy
+    assert accuracy > 0.5, accuracy

@@ -5,10 +5,15 @@
 1. A byte-level BPE tokenizer trained on the synthetic task (digits are single tokens; the
    template tags are tokens; a Qwen-style chat template), shared by both models.
 2. Two `Qwen2ForCausalLM` models trained from scratch on zero-shot chat prompts of the synthetic
-   train split plus bare arithmetic drills: a teacher, and a smaller, shorter-trained student
-   base. Both learn the template; the teacher computes more answers right.
-3. Both are measured as the issue asks (temperature 0.9, 8 samples, 200 test / 200 OOD problems)
-   and the figures written into each folder's README.md (the model card).
+   train split plus bare arithmetic drills:
+   - the teacher (2.3 M parameters) on the *restating* solutions (each line restates a sentence
+     of the question, then computes), stopped once its greedy accuracy on the `val` split
+     reaches 90%: strong but imperfect;
+   - the student base (0.6 M, at most a third of the teacher) on the same solutions, stopped as
+     soon as its greedy accuracy on the `val` split reaches `stop_at_val_accuracy`: it knows the
+     template and some of the task, with headroom — what the teacher's demonstrations must add.
+3. Both are measured (greedy accuracy on `test` and `ood`; per-sample accuracy and mixed groups
+   at temperature 0.9) and the figures written into each folder's README.md (the model card).
 
 Deterministic for a given machine: fixed seeds, fixed data order, fixed thread count.
 """
@@ -27,7 +32,7 @@ from pathlib import Path
 import torch
 
 from advdistill.config import REPO, load_config
-from advdistill.data.synthetic import Difficulty, arithmetic_drills, make_split
+from advdistill.data.synthetic import Difficulty, Style, arithmetic_drills, make_split
 from advdistill.prompts import build_prompt
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -50,18 +55,27 @@ class ModelSpec:
     batch_rows: int  # rows of ROW_TOKENS packed tokens per optimizer step
     lr: float
     seed: int
-    # Stop early once the sampled accuracy on held-out validation problems reaches this
-    # (checked every `check_every` steps from `min_steps`): the teacher must be right only
-    # sometimes, and where training lands depends on the machine's numerics.
-    target_accuracy: float | None = None
+    style: Style = "restate"  # how its training solutions reason (see advdistill.data.synthetic)
+    # Stop as soon as the greedy accuracy on `val` problems reaches this (checked every
+    # `check_every` steps from `min_steps`): the student base must keep headroom, and the step
+    # where it gets there depends on the machine's numerics, so it is measured, not fixed.
+    stop_at_val_accuracy: float | None = None
     min_steps: int = 0
     check_every: int = 100
 
 
-TEACHER = ModelSpec("tiny-teacher", hidden=128, layers=4, heads=4, kv_heads=2, intermediate=512,
-                    steps=2000, batch_rows=12, lr=3e-3, seed=1, target_accuracy=0.5, min_steps=900, check_every=100)
-STUDENT = ModelSpec("tiny-student", hidden=64, layers=2, heads=2, kv_heads=1, intermediate=256,
-                    steps=1500, batch_rows=12, lr=3e-3, seed=2)
+# The teacher stops near the paper's GSM8K teacher (88.6%): run to the end of its schedule it
+# reaches 98% greedy, and 88% of its sampled groups are then all correct — nothing for the
+# advantages and the contrastive term to work with.
+TEACHER = ModelSpec("tiny-teacher", hidden=192, layers=4, heads=6, kv_heads=2, intermediate=768,
+                    steps=2000, batch_rows=12, lr=3e-3, seed=1, style="restate",
+                    stop_at_val_accuracy=0.9, min_steps=1000, check_every=50)
+# The student reasons in the teacher's style. Trained on terse solutions instead, distillation
+# made it worse (12.7% -> 10.9% SFT, 8.8% AdvDistill on 1,000 test items): it copied the
+# restating form without the ability to restate correctly (bench/RESULTS.md, reproduction).
+STUDENT = ModelSpec("tiny-student", hidden=96, layers=4, heads=3, kv_heads=1, intermediate=384,
+                    steps=1500, batch_rows=12, lr=3e-3, seed=2, style="restate",
+                    stop_at_val_accuracy=0.2, min_steps=300, check_every=50)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out: Path):
@@ -132,20 +146,21 @@ def packed_batches(examples: list[tuple[list[int], int]], rows: int, pad_id: int
 
 
 @torch.no_grad()
-def sampled_accuracy(model, tokenizer, prompts: list[str], references: list[str], samples: int, max_tokens: int) -> float:
-    """Per-sample accuracy at temperature 0.9 (one batched transformers `generate`)."""
+def greedy_accuracy(model, tokenizer, prompts: list[str], references: list[str], max_tokens: int,
+                    batch: int = 100) -> float:
+    """Greedy accuracy (batched transformers `generate`): the early-stopping signal."""
     from advdistill.scoring import is_correct
 
     model.eval()
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(0)
-    out = model.generate(**enc, do_sample=True, temperature=0.9, top_p=1.0, top_k=0, max_new_tokens=max_tokens,
-                         num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    hits = []
+    for start in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        hits += [is_correct(t, ref, "synthetic") for t, ref in zip(texts, references[start : start + batch])]
     model.train()
-    hits = [is_correct(t, references[i // samples], "synthetic") for i, t in enumerate(texts)]
     return sum(hits) / len(hits)
 
 
@@ -195,10 +210,11 @@ def train_model(spec: ModelSpec, tokenizer, examples, out: Path, validation=None
             print(f"[{spec.name}] step {step + 1}/{spec.steps} loss {running / log_every:.4f} "
                   f"lr {lr_at(step):.2e} {time.time() - start:.0f}s", flush=True)
             running = 0.0
-        if spec.target_accuracy is not None and validation and step + 1 >= spec.min_steps and (step + 1) % spec.check_every == 0:
-            accuracy = sampled_accuracy(model, tokenizer, *validation)
-            print(f"[{spec.name}] step {step + 1}: validation per-sample accuracy {accuracy:.3f}", flush=True)
-            if accuracy >= spec.target_accuracy:
+        if (spec.stop_at_val_accuracy is not None and validation and step + 1 >= spec.min_steps
+                and (step + 1) % spec.check_every == 0):
+            accuracy = greedy_accuracy(model, tokenizer, *validation)
+            print(f"[{spec.name}] step {step + 1}: greedy accuracy on val {accuracy:.3f}", flush=True)
+            if accuracy >= spec.stop_at_val_accuracy:
                 stopped_at = step + 1
                 break
     else:
@@ -212,37 +228,43 @@ def train_model(spec: ModelSpec, tokenizer, examples, out: Path, validation=None
 
 
 def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
-    """Per-sample accuracy, mixed-group share and template rate at temperature 0.9."""
-    from advdistill.scoring import format_reward, score_group
-    from advdistill.teacher.engines import GenerationParams, make_engine
+    """On `test` and `ood`: greedy accuracy (how the pipeline evaluates), and at temperature 0.9
+    with `samples` samples per problem (how curation samples) the per-sample accuracy, the share
+    of mixed groups (some samples right, some wrong) and the template rate."""
+    from advdistill.evaluation.stats import wilson_interval
+    from advdistill.scoring import format_reward, judge
+    from advdistill.generation.engines import GenerationParams, make_engine
 
     engine = make_engine(str(model_dir), cfg.curate.engine)
-    params = GenerationParams(n=samples, temperature=0.9, top_p=1.0, max_tokens=cfg.curate.sampling.max_tokens)
+    greedy = GenerationParams(n=1, temperature=0.0, max_tokens=cfg.curate.sampling.max_tokens)
+    sampled = GenerationParams(n=samples, temperature=0.9, top_p=1.0, max_tokens=cfg.curate.sampling.max_tokens)
     result = {}
     for split in ("test", "ood"):
         records = make_split(split, n_problems, seed=0)
         prompts = [build_prompt(engine.tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in records]
-        outputs = engine.generate(prompts, params, seeds=list(range(len(prompts))))
+        greedy_hits = [judge(outs[0].text, outs[0].finish_reason, r["reference"], "synthetic").correct
+                       for r, outs in zip(records, engine.generate(prompts, greedy))]
+        outputs = engine.generate(prompts, sampled, seeds=list(range(len(prompts))))
         correct, mixed, fmt, by_type = 0, 0, 0, {}
-        for record, outs in zip(records, outputs):
-            scored = score_group([o.text for o in outs], [o.num_tokens for o in outs],
-                                 [o.finish_reason for o in outs], record["reference"], "synthetic",
-                                 cfg.reward, cfg.advantage)
-            k = sum(scored["correct"])
+        for record, outs, hit in zip(records, outputs, greedy_hits):
+            k = sum(judge(o.text, o.finish_reason, record["reference"], "synthetic").correct for o in outs)
             correct += k
             mixed += 0 < k < samples
             fmt += sum(format_reward(o.text) for o in outs)
             kind = record["meta"]["perturbation_type"]
             if kind:
-                by_type.setdefault(kind, []).append(k / samples)
+                by_type.setdefault(kind, []).append(hit)
+        interval = wilson_interval(greedy_hits)
         total = len(records) * samples
         result[split] = {
+            "greedy_accuracy": round(interval.value, 4),
+            "greedy_accuracy_interval": [round(interval.low, 4), round(interval.high, 4)],
             "per_sample_accuracy": round(correct / total, 4),
             "mixed_groups": round(mixed / len(records), 4),
             "template_followed": round(fmt / total, 4),
         }
         if by_type:
-            result[split]["by_perturbation"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())}
+            result[split]["greedy_by_perturbation"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())}
     del engine
     return result
 
@@ -251,9 +273,9 @@ def model_card(folder: Path, role: str, vocab: int, threads: int, samples: int, 
     """README.md of a built model, from its build_info.json."""
     info = json.loads((folder / "build_info.json").read_text())
     spec, metrics = info["spec"], info["metrics"]
-    stopping = (f"; training stopped once the sampled accuracy on 40 held-out problems reached "
-                f"{spec['target_accuracy']} (checked every {spec['check_every']} steps from step {spec['min_steps']})"
-                if spec["target_accuracy"] is not None else "")
+    stopping = (f"; training stopped at the first check (every {spec['check_every']} steps from step "
+                f"{spec['min_steps']}) where the greedy accuracy on 200 `val` problems reached "
+                f"{spec['stop_at_val_accuracy']}" if spec["stop_at_val_accuracy"] is not None else "")
     return f"""# {spec['name']}
 
 A tiny `Qwen2ForCausalLM` ({info['parameters']:,} parameters: hidden {spec['hidden']}, {spec['layers']} layers,
@@ -266,14 +288,18 @@ for AdvDistill's embedded default run. {role}
 (vocabulary {vocab}, digits as single tokens, the template tags as tokens) trained on the
 synthetic task, then {info['steps_taken']} AdamW steps ({spec['batch_rows']} packed rows of 512
 tokens per step, peak lr {spec['lr']}, a cosine schedule over {spec['steps']} steps, seed
-{spec['seed']}{stopping}) on zero-shot chat prompts of the synthetic train split plus arithmetic
-drills: {info['train_seconds']:.0f} s on {threads} CPU threads. The prompt is the
-`prompt.system_prompt` of `configs/tiny.yaml`.
+{spec['seed']}{stopping}) on zero-shot chat prompts of the synthetic train split, with
+*{spec['style']}* solutions (`advdistill.data.synthetic`), plus arithmetic drills:
+{info['train_seconds']:.0f} s on {threads} CPU threads. The prompt is the `prompt.system_prompt`
+of `configs/tiny.yaml`.
 
 ## Measured accuracy
 
-Temperature 0.9, top-p 1.0, no top-k, {samples} samples per problem, {n_problems} `test` and
-{n_problems} `ood` problems (`advdistill.data.synthetic.make_split(..., seed=0)`), engine `{engine}`:
+{n_problems} `test` and {n_problems} `ood` problems (`advdistill.data.synthetic.make_split(...,
+seed=0)`), engine `{engine}`: greedy accuracy (with its 95% Wilson interval, and per GSM-PLUS-style
+perturbation on `ood`), and at temperature 0.9, top-p 1.0, no top-k, {samples} samples per problem,
+the per-sample accuracy, the share of mixed groups (some samples right, some wrong) and the share
+of samples in the template. A response cut at the token limit counts as incorrect.
 
 ```json
 {json.dumps(metrics, indent=2)}
@@ -284,9 +310,20 @@ Not a useful model for anything but exercising the pipeline on a CPU.
 
 
 ROLES = {
-    "teacher": "The teacher: its samples are sometimes right and sometimes wrong.",
-    "student": "The student base: smaller and trained shorter than the teacher.",
+    "teacher": ("The teacher: it reasons by restating each sentence of the question before computing, "
+                "and is strong but imperfect — its samples at temperature 0.9 leave mixed groups to learn from."),
+    "student": ("The student base: at most a third of the teacher's parameters, trained like the teacher "
+                "but stopped early, so that it follows the template and solves some problems but has "
+                "headroom — what distillation from the teacher must add."),
 }
+
+
+def training_examples(tokenizer, records: list[dict], drills: list[tuple[str, str]], cfg) -> list[tuple[list[int], int]]:
+    prompts = [build_prompt(tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in records]
+    prompts += [build_prompt(tokenizer, {"task": "synthetic", "question": q}, few_shot=0, prompt_cfg=cfg.prompt)
+                for q, _ in drills]
+    responses = [r["meta"]["solution"] for r in records] + [a for _, a in drills]
+    return encode_examples(tokenizer, prompts, responses)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
     parser.add_argument("--student-steps", type=int, default=STUDENT.steps)
-    parser.add_argument("--eval-problems", type=int, default=200)
+    parser.add_argument("--eval-problems", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["teacher", "student"], default=None, help="build one model (tokenizer is rebuilt)")
@@ -309,38 +346,39 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config)
     out = Path(args.out)
     difficulty = Difficulty()
-    records = make_split("train", args.train_problems, seed=0, difficulty=difficulty)
     drills = arithmetic_drills(args.drills, seed=0, difficulty=difficulty)
+    by_style = {style: make_split("train", args.train_problems, seed=0, difficulty=difficulty, style=style)
+                for style in ("restate", "terse")}
 
     tok_dir = Path(tempfile.mkdtemp(prefix="advdistill-tokenizer-"))
-    corpus = [r["question"] + "\n" + r["meta"]["solution"] for r in records] + [q + "\n" + a for q, a in drills]
-    corpus += [cfg.prompt.system_prompt] * 100
+    corpus = [r["question"] + "\n" + r["meta"]["solution"] for records in by_style.values() for r in records[:10000]]
+    corpus += [q + "\n" + a for q, a in drills] + [cfg.prompt.system_prompt] * 100
     tokenizer = train_tokenizer(corpus, args.vocab, tok_dir)
-    prompts = [build_prompt(tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in records]
-    prompts += [build_prompt(tokenizer, {"task": "synthetic", "question": q}, few_shot=0, prompt_cfg=cfg.prompt) for q, _ in drills]
-    responses = [r["meta"]["solution"] for r in records] + [a for _, a in drills]
-    examples = encode_examples(tokenizer, prompts, responses)
-    print(f"{len(examples)} examples, mean {sum(len(e[0]) for e in examples) / len(examples):.0f} tokens, vocab {len(tokenizer)}", flush=True)
+    print(f"vocabulary {len(tokenizer)}", flush=True)
 
-    # Early-stopping check on held-out problems (seed 1, not the measured seed-0 test split).
-    held_out = make_split("test", 40, seed=1, difficulty=difficulty)
+    # Early stopping looks at `val` problems only, never at the measured test/ood splits.
+    held_out = make_split("val", 200, seed=0, difficulty=difficulty)
     validation = ([build_prompt(tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in held_out],
-                  [r["reference"] for r in held_out], 8, cfg.curate.sampling.max_tokens)
+                  [r["reference"] for r in held_out], cfg.curate.sampling.max_tokens)
 
     specs = {"teacher": TEACHER, "student": STUDENT}
     specs["teacher"].steps, specs["student"].steps = args.teacher_steps, args.student_steps
+    from advdistill.generation.engines import vllm_available
+
     for role, spec in specs.items():
         if args.only and role != args.only:
             continue
         folder = out / spec.name
+        examples = training_examples(tokenizer, by_style[spec.style], drills, cfg)
+        print(f"[{spec.name}] {len(examples)} examples ({spec.style} solutions), mean "
+              f"{sum(len(e[0]) for e in examples) / len(examples):.0f} tokens", flush=True)
         info = train_model(spec, tokenizer, examples, folder, validation=validation)
         metrics = {} if args.skip_eval else measure(folder, cfg, args.eval_problems, args.samples)
         print(json.dumps({spec.name: metrics}, indent=1), flush=True)
-        from advdistill.teacher.engines import vllm_available
-
         (folder / "build_info.json").write_text(json.dumps({"spec": asdict(spec), **info, "metrics": metrics}, indent=2))
         (folder / "README.md").write_text(model_card(folder, ROLES[role], len(tokenizer), args.threads, args.samples,
                                                      args.eval_problems, "vllm" if vllm_available() else "transformers"))
+
 
 if __name__ == "__main__":
     main()
