@@ -2,7 +2,9 @@
 evaluate teacher, student base, SFT and AdvDistill in and out of distribution → report →
 optionally serve. Each stage is skipped when its output says it is complete
 (`advdistill.run_layout`), so a rerun after a failure continues where the last one stopped.
-`OUTPUT/run.json` records what ran, where, and what each stage cost.
+`OUTPUT/run.json` records what ran, where (the nodes of each stage's workers, and each node's
+resources), and what each stage cost. OUTPUT is a local folder or a URI every node sees, such
+as `s3://bucket/runs/gsm8k` (`advdistill.storage`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from typing import Any, Callable
 
 from advdistill.config import DatasetConfig, ExperimentConfig, ResourcesConfig, dump_config, with_overrides
 from advdistill.evaluation.evaluator import EvalOutput
+from advdistill.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
 from advdistill.run_layout import RunLayout, split_label
+from advdistill.storage import PathLike, is_uri, resolved
 from advdistill.train.trainer import TrainOutput
 
 
 class RunManifest:
     """OUTPUT/run.json: the run's models, splits and per-stage costs, rewritten as stages end."""
 
-    def __init__(self, path: Path, cfg: ExperimentConfig):
+    def __init__(self, path: PathLike, cfg: ExperimentConfig):
         self.path = path
         previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.data: dict[str, Any] = {
@@ -32,20 +36,33 @@ class RunManifest:
             "ood": [split_label(d) for d in cfg.eval.ood],
             "models": {},
             "stages": previous.get("stages", {}),
+            "nodes": previous.get("nodes", {}),
         }
 
-    def stage(self, name: str, done: bool, run: Callable[..., dict[str, Any]], *args: Any) -> None:
-        """`run(*args)` unless the stage is done; record its cost (tokens, wall time, accelerator-hours)."""
+    def stage(self, name: str, done: bool, run: Callable[..., dict[str, Any]], *args: Any, actors: str = "") -> None:
+        """`run(*args)` unless the stage is done; record its cost (tokens, wall time,
+        accelerator-hours) and the nodes its `actors` (a class name, `advdistill.placement`) ran on."""
         if done:
             print(f"[distill] {name}: done earlier, skipped", flush=True)
             self.data["stages"].setdefault(name, {})["skipped"] = True
         else:
             print(f"[distill] {name}: running", flush=True)
-            start = time.time()
+            start, since = time.time(), now_ms()
             cost = run(*args) or {}
             cost.setdefault("wall_seconds", round(time.time() - start, 2))
+            if actors:
+                cost["nodes"] = actor_nodes(actors, since)
             self.data["stages"][name] = cost
+        self.record_nodes()
         self.save()
+
+    def record_nodes(self) -> None:
+        """Every node seen so far, with its resources (dead ones stay listed)."""
+        try:
+            for node_id, node in cluster_nodes().items():
+                self.data["nodes"][node_id] = node
+        except Exception:  # noqa: BLE001 - placement is a record, never a reason to fail a run
+            pass
 
     def save(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=2))
@@ -126,17 +143,18 @@ def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> di
 
     from advdistill.report import write_report
 
-    layout = RunLayout(Path(output).resolve())
+    layout = RunLayout(resolved(output))
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.config.write_text(dump_config(cfg))
     manifest = RunManifest(layout.manifest, cfg)
     cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
 
-    manifest.stage("curate", layout.curate.is_complete(), _curate, cfg, layout)
+    manifest.stage("curate", layout.curate.is_complete(), _curate, cfg, layout, actors=GENERATION)
     runs = trainings(cfg)
     for t in runs:
         out = layout.train(t.name)
-        manifest.stage(f"train-{t.name}", out.is_complete(), _train, cfg, layout, t, out, cluster_gpus)
+        manifest.stage(f"train-{t.name}", out.is_complete(), _train, cfg, layout, t, out, cluster_gpus,
+                       actors=TRAIN_WORKER)
 
     models = evaluated_models(cfg, layout, runs)
     manifest.data["models"] = {name: {"path": _local(m.path), "few_shot": m.few_shot} for name, m in models.items()}
@@ -144,36 +162,62 @@ def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> di
     for name, model in models.items():
         splits = {split_label(d): (d, layout.eval(name, split_label(d))) for d in datasets}
         done = all(out.is_complete() for _, out in splits.values())
-        manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, cluster_gpus)
+        manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, cluster_gpus, actors=GENERATION)
 
     report = write_report(layout.root)
     print(report.read_text().split("## Behaviour")[0], flush=True)
     print(f"[distill] report: {report}", flush=True)
     if serve:
-        serve_models(cfg, layout.config, {name: m.path for name, m in models.items()},
-                     {name: m.few_shot > 0 for name, m in models.items()})
+        serve_models(cfg, layout, {name: m.path for name, m in models.items()},
+                     {name: m.few_shot > 0 for name, m in models.items()}, manifest)
     return manifest.data
 
 
-def serve_models(cfg: ExperimentConfig, config_path: Path, paths: dict[str, str], base: dict[str, bool]) -> None:
-    """Serve the run's local checkpoints behind the evaluation API until interrupted."""
+def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str], base: dict[str, bool],
+                 manifest: RunManifest | None = None) -> None:
+    """Serve the run's checkpoints behind the evaluation API until interrupted: the local model
+    folders of a local run; the trained models of a run on a URI, each replica fetching its
+    model to its own node (`storage.local_model`). Replicas ask for `serve.custom` resources."""
     import os
+    import tempfile
 
     import ray
     from ray import serve
 
     from advdistill.serve.app import build_app
 
-    local = {name: str(Path(p).resolve()) for name, p in paths.items() if Path(p).is_dir()}
-    root = os.path.commonpath(list(local.values()))
     # A GPU per model where the cluster has them; tiny CPU models share the cores.
-    options = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) else {"num_cpus": 0.5}
-    models = [{"name": name, "path": os.path.relpath(p, root), "base_model": base[name], "ray_actor_options": options}
-              for name, p in local.items()]
+    options: dict[str, Any] = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) else {"num_cpus": 0.5}
+    if cfg.serve.custom:
+        options["resources"] = dict(cfg.serve.custom)
+    if is_uri(layout.root):
+        root = str(layout.root)
+        relative = {name: p[len(root) + 1:] for name, p in paths.items() if is_uri(p) and p.startswith(root + "/")}
+        left_out = sorted(set(paths) - set(relative))
+        if left_out:
+            print(f"[distill] not served (not under {root}): {left_out}", flush=True)
+        # The builder reads a local YAML; the replicas get the config itself, not the file.
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="advdistill-serve-", delete=False) as handle:
+            handle.write(dump_config(cfg))
+        config_path = handle.name
+    else:
+        local = {name: str(Path(p).resolve()) for name, p in paths.items() if Path(p).is_dir()}
+        root = os.path.commonpath(list(local.values()))
+        relative = {name: os.path.relpath(p, root) for name, p in local.items()}
+        config_path = str(layout.config)
+    models = [{"name": name, "path": rel, "base_model": base[name], "ray_actor_options": options}
+              for name, rel in relative.items()]
+    since = now_ms()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    app = build_app({"config": str(config_path), "models": models, "checkpoint_root": root})
+    app = build_app({"config": config_path, "models": models, "checkpoint_root": root})
     serve.run(app, name="advdistill", route_prefix="/")
-    print(f"[distill] serving {sorted(local)} on http://{cfg.serve.host}:{cfg.serve.port} (Ctrl-C to stop)", flush=True)
+    if manifest is not None:
+        manifest.data["serve"] = {"models": sorted(relative), "http": f"{cfg.serve.host}:{cfg.serve.port}",
+                                  "nodes": actor_nodes(f"{SERVE_REPLICA}advdistill:model-", since)}
+        manifest.record_nodes()
+        manifest.save()
+    print(f"[distill] serving {sorted(relative)} on http://{cfg.serve.host}:{cfg.serve.port} (Ctrl-C to stop)",
+          flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -8,7 +8,8 @@
     OUTPUT/report/              report.md and its figures
 
 Each stage's output object lives beside the code that writes it and says whether the stage
-finished (`is_complete()`); this one only names the folders.
+finished (`is_complete()`); this one only names the folders. OUTPUT is a local folder or a URI
+every node of a cluster sees (`s3://bucket/runs/gsm8k`; `advdistill.storage`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from advdistill.config import DatasetConfig
 from advdistill.curate.store import CurateOutput
 from advdistill.evaluation.evaluator import EvalOutput
+from advdistill.storage import PathLike, location
 from advdistill.train.trainer import TrainOutput
 
 TRAIN_PREFIX = "train-"
@@ -29,8 +31,8 @@ def split_label(ds: DatasetConfig) -> str:
 
 
 class RunLayout:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path | PathLike):
+        self.root = location(root)
         self.config = self.root / "config.yaml"
         self.manifest = self.root / "run.json"
         self.report = self.root / "report"
@@ -42,7 +44,7 @@ class RunLayout:
     def trainings(self) -> dict[str, TrainOutput]:
         """The training runs in this folder, by name."""
         return {path.name.removeprefix(TRAIN_PREFIX): TrainOutput(path)
-                for path in sorted(self.root.glob(f"{TRAIN_PREFIX}*")) if path.is_dir()}
+                for path in sorted(self.root.glob(f"{TRAIN_PREFIX}*"), key=lambda p: p.name) if path.is_dir()}
 
     def eval(self, model: str, split: str) -> EvalOutput:
         return EvalOutput(self.root / "eval" / f"{model}-{split}")

@@ -10,6 +10,8 @@ ancestors.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,8 +27,24 @@ def new_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="rayt-", dir="/tmp")
 
 
+# A head's Ray Client server names neither its --temp-dir nor its parent on its command line, so
+# it is found by the port it was given here (a free one unless ARGS name one).
+_client_ports: dict[str, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_node(args: list[str], temp_dir: str, env: dict[str, str] | None = None) -> None:
     """`ray start ARGS --temp-dir=TEMP_DIR` (head or worker)."""
+    if "--head" in args:
+        given = [a for a in args if a.startswith("--ray-client-server-port=")]
+        port = int(given[0].split("=", 1)[1]) if given else free_port()
+        args = args if given else [*args, f"--ray-client-server-port={port}"]
+        _client_ports[temp_dir] = port
     subprocess.run([RAY, "start", *args, f"--temp-dir={temp_dir}", "--disable-usage-stats"], check=True,
                    env=env or dict(os.environ), stdout=subprocess.DEVNULL)
 
@@ -52,12 +70,28 @@ def node_processes(temp_dir: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def client_server(port: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if "ray.util.client.server" in cmdline and f"--port={port} " in f"{cmdline} ":
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def stop_nodes(temp_dir: str, timeout: float = 10.0) -> None:
-    """Kill every process of the nodes started with `temp_dir`; waits until they are gone."""
+    """Kill every process of the nodes started with `temp_dir` (the head's Ray Client server
+    included), wait until they are gone, and remove the folder."""
     procs = node_processes(temp_dir)
+    if temp_dir in _client_ports:
+        procs += client_server(_client_ports.pop(temp_dir))
     for proc in procs:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=timeout)
+    shutil.rmtree(temp_dir, ignore_errors=True)

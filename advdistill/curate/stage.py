@@ -2,11 +2,12 @@
 
     records → GenerationActor (vLLM, K samples per prompt) → ScoringActor (SPEC §3–§5) → keyed Parquet shards
 
-The driver streams scored batches out of Ray Data (`iter_batches`, so scoring of early batches
-overlaps generation of later ones and memory stays bounded) and hands each to the store
-(`curate.store.CurateOutput`): kept groups to `groups/`, groups with no correct response to
-`dropped/`, unusable input rows to `quarantine.jsonl`, and the figures to `summary.json`. A rerun
-generates only the prompts not yet written, so the output holds every prompt id exactly once.
+The pipeline writes its own output: a last map stage (`curate.store.write_scored_batch`) puts
+each scored batch's kept groups into `groups/` and the others into `dropped/` as keyed shards, on
+whichever node ran it, into a folder every node sees (a shared mount or a URI such as
+`s3://bucket/run/curate`). The driver only streams each row's id, verdict and token count
+(`iter_batches`: progress lines, throughput) and writes `quarantine.jsonl` and `summary.json`. A
+rerun generates only the prompts not yet written, so the output holds every prompt id exactly once.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import numpy as np
 import pyarrow.compute as pc
 
 from advdistill.config import ExperimentConfig, dump_config
-from advdistill.curate.store import CurateOutput, read_shards
+from advdistill.curate.store import CurateOutput, read_shards, write_scored_batch
 from advdistill.data.loaders import load_records
 from advdistill.generation.engines import GenerationParams
-from advdistill.generation.ray_stage import actor_pool, generate_and_score
+from advdistill.generation.ray_stage import actor_pool, check_context, generate_and_score
 from advdistill.schema import CuratedGroup, GeneratedGroup, arrow_schema
+from advdistill.storage import resolved, uri
 from advdistill.scoring import score_group
 
 log = logging.getLogger(__name__)
@@ -42,17 +44,23 @@ def score_curated(row: GeneratedGroup, cfg: ExperimentConfig) -> CuratedGroup:
 
 def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = None) -> dict[str, Any]:
     """Run (or continue) curation into `output`; returns the summary (also `summary.json`)."""
-    out = CurateOutput(Path(output))
+    out = CurateOutput(resolved(output))
     out.folder.mkdir(parents=True, exist_ok=True)
     out.config.write_text(dump_config(cfg))
     few_shot = cfg.prompt.few_shot if few_shot is None else few_shot
     started = time.time()
 
     loaded = load_records(cfg.curate.dataset)
-    out.write_quarantine(loaded.quarantined)
+    params = GenerationParams.from_sampling(cfg.curate.sampling)
+    # Prompts that leave no room for the teacher's max_tokens in its context are quarantined rows
+    # (with the engine's tokenizer, before generation), like the rows the loader could not read.
+    records, too_long = check_context(loaded.records, model=cfg.teacher, engine=cfg.curate.engine, params=params,
+                                      prompt=cfg.prompt, few_shot=few_shot)
+    quarantined = loaded.quarantined + [{**q, "dataset": cfg.curate.dataset.name} for q in too_long]
+    out.write_quarantine(quarantined)
     finished = out.done_ids()
-    pending = [r for r in loaded.records if r["id"] not in finished]
-    total = len(loaded.records)
+    pending = [r for r in records if r["id"] not in finished]
+    total = len(records)
     log.info("curate: %d prompts, %d already written, %d to generate", total, total - len(pending), len(pending))
     print(f"[curate] {total} prompts: {total - len(pending)} already done, {len(pending)} to generate", flush=True)
 
@@ -60,16 +68,29 @@ def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = 
     if pending:
         s = cfg.curate.sampling
         ds = generate_and_score(pending, model=cfg.teacher, engine=cfg.curate.engine,
-                                params=GenerationParams.from_sampling(s), prompt=cfg.prompt, few_shot=few_shot,
+                                params=params, prompt=cfg.prompt, few_shot=few_shot,
                                 seed=s.seed, resources=cfg.curate.resources, score_row=partial(score_curated, cfg=cfg),
                                 schema=arrow_schema(CuratedGroup))
-        tokens, steady = _drain(ds, out, cfg, total, total - len(pending))
+        # Written by the pipeline (any node), not the driver: only ids and counts come back.
+        written = ds.map_batches(write_scored_batch, fn_kwargs={"folder": uri(out.folder)}, batch_size=None,
+                                 batch_format="pyarrow", num_cpus=0.25)
+        tokens, steady = _drain(written, cfg, total, total - len(pending))
 
     out.log_run({"started": started, "wall_seconds": time.time() - started, "tokens": tokens, "prompts": len(pending),
                  "gpus": _pool_gpus(cfg) if pending else 0, "steady_tokens_per_s": steady})
-    summary = summarize(out, cfg, total, len(loaded.quarantined))
+    summary = summarize(out, cfg, total, len(quarantined))
+    summary["quarantine_reasons"] = quarantine_reasons(quarantined)
     out.summary.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def quarantine_reasons(quarantined: list[dict[str, Any]]) -> dict[str, int]:
+    """Quarantined rows counted by kind of reason (the text before its first colon)."""
+    counts: dict[str, int] = {}
+    for row in quarantined:
+        kind = str(row.get("reason", "")).split(":")[0].strip() or "unknown"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _pool_gpus(cfg: ExperimentConfig) -> int:
@@ -77,16 +98,15 @@ def _pool_gpus(cfg: ExperimentConfig) -> int:
     return int(args.get("num_gpus", 0)) * max_actors
 
 
-def _drain(ds, out: CurateOutput, cfg: ExperimentConfig, total: int, already: int) -> tuple[int, float | None]:
-    """Consume the stream: write each batch as kept/dropped shards, print progress lines.
-    Returns the tokens generated and the steady-state tokens/s (after the first batch, i.e.
-    once the engines are up)."""
+def _drain(ds, cfg: ExperimentConfig, total: int, already: int) -> tuple[int, float | None]:
+    """Consume the stream of written rows (id, keep, tokens), print progress lines. Returns the
+    tokens generated and the steady-state tokens/s (after the first batch, i.e. once the engines
+    are up)."""
     done, tokens, start, last = already, 0, time.perf_counter(), 0.0
     first: tuple[float, int] | None = None
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        out.write_groups(batch)
         done += batch.num_rows
-        tokens += pc.sum(pc.list_flatten(batch.column("token_lengths"))).as_py() or 0
+        tokens += pc.sum(batch.column("tokens")).as_py() or 0
         now = time.perf_counter()
         if first is None:
             first = (now, tokens)

@@ -7,8 +7,12 @@
     OUTPUT/runs.jsonl          one line per run into this folder (what it generated, how long)
     OUTPUT/config.yaml         the resolved config
 
-Shards are keyed and atomic: each batch is one Parquet file named by a hash of its ids, written
-to a temporary file and renamed, so a crash leaves only whole files and rewriting a batch is an
+OUTPUT is a local folder or a URI (`s3://bucket/run/curate`, `advdistill.storage`): the shards are
+written by the Ray Data pipeline itself, on whichever node scores a batch (`write_scored_batch`,
+a map stage after scoring), never by the driver, which only sees each row's id, verdict and
+token count. Shards are keyed and atomic: each batch is one Parquet file named by a hash of its
+ids, written whole (a temporary file and a rename on a disk, one object PUT on an object store),
+so a crash leaves only whole files and rewriting a batch — a retried task, a rerun — is an
 overwrite, never a duplicate. A rerun reads the ids already written and generates only the rest.
 Every shard has the one `CuratedGroup` schema, so the folders read as one dataset.
 """
@@ -17,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,37 +28,58 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from advdistill.schema import CuratedGroup, arrow_schema
+from advdistill.storage import PathLike, append_line, filesystem, location, write_atomic
 
 
-def write_shard(folder: Path, table: pa.Table) -> Path | None:
+def shard_name(ids: list[str]) -> str:
+    """A shard's file name: a hash of its (sorted) ids, the same whoever writes it and when."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:24] + ".parquet"
+
+
+def write_shard(folder: str | PathLike, table: pa.Table) -> PathLike | None:
     """Write a table of curated groups as one Parquet file named by its ids (rewriting the same
-    batch is a no-op overwrite, never a duplicate), via a temp file and an atomic rename."""
+    batch is a no-op overwrite, never a duplicate), whole (`storage.write_atomic`)."""
     if table.num_rows == 0:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    ids = sorted(table.column("id").to_pylist())
-    path = folder / (hashlib.sha256("\n".join(ids).encode()).hexdigest()[:24] + ".parquet")
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    pq.write_table(table.select(arrow_schema(CuratedGroup).names).cast(arrow_schema(CuratedGroup)), tmp)
-    os.replace(tmp, path)
+    folder = location(folder)
+    path = folder / shard_name(table.column("id").to_pylist())
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.select(arrow_schema(CuratedGroup).names).cast(arrow_schema(CuratedGroup)), sink)
+    write_atomic(path, sink.getvalue().to_pybytes())
     return path
 
 
-def read_shards(folder: Path, columns: list[str] | None = None) -> pa.Table | None:
+def shard_files(folder: str | PathLike) -> list[PathLike]:
+    folder = location(folder)
+    return sorted(folder.glob("*.parquet"), key=lambda p: p.name) if folder.is_dir() else []
+
+
+def read_shards(folder: str | PathLike, columns: list[str] | None = None) -> pa.Table | None:
     """The groups of a folder of shards as one table (None if there are none)."""
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    files = shard_files(folder)
     if not files:
         return None
+    fs, _ = filesystem(files[0])
     # The schema is given, not inferred: shards written before it existed (with null-typed
     # columns) read as the same table.
-    return pq.read_table([str(f) for f in files], schema=arrow_schema(CuratedGroup), columns=columns)
+    return pq.read_table([filesystem(f)[1] for f in files], filesystem=fs, schema=arrow_schema(CuratedGroup),
+                         columns=columns)
+
+
+def write_scored_batch(batch: pa.Table, folder: str) -> pa.Table:
+    """The curation pipeline's last map stage (runs on any node): write a scored batch's kept
+    and dropped shards into the curation folder `folder` (a path or URI every node sees), and
+    pass on only what the driver counts — id, keep, tokens generated."""
+    CurateOutput(folder).write_groups(batch)
+    tokens = [sum(lengths) for lengths in batch.column("token_lengths").to_pylist()]
+    return pa.table({"id": batch.column("id"), "keep": batch.column("keep"), "tokens": pa.array(tokens, pa.int64())})
 
 
 class CurateOutput:
     """A curation folder (see the module doc)."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | PathLike):
+        self.folder = location(folder)
         self.groups = self.folder / "groups"
         self.dropped = self.folder / "dropped"
         self.quarantine = self.folder / "quarantine.jsonl"
@@ -90,8 +113,9 @@ class CurateOutput:
         self.quarantine.write_text("".join(json.dumps(row) + "\n" for row in quarantined))
 
     def log_run(self, run: dict[str, Any]) -> None:
-        with self.runs.open("a") as handle:
-            handle.write(json.dumps(run) + "\n")
+        append_line(self.runs, json.dumps(run))
 
     def read_runs(self) -> list[dict[str, Any]]:
+        if not self.runs.is_file():
+            return []
         return [json.loads(line) for line in self.runs.read_text().splitlines() if line.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from advdistill.report.tables import (
     training_table,
 )
 from advdistill.run_layout import RunLayout
+from advdistill.storage import copy_tree
 from advdistill.tasks import breakdown_fields
 
 # The comparisons the paper's claim rests on: each distilled student against the base it started
@@ -54,7 +56,7 @@ def paired_comparisons(run: str | Path, models: list[str], splits: list[str],
                        pairs: tuple[tuple[str, str], ...] = COMPARISONS) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
     """comparisons[(a, b)][split] = the paired difference acc(a) − acc(b) on that split's items,
     its bootstrap interval and the discordant counts, for every pair both of whose evaluations ran."""
-    layout = RunLayout(Path(run))
+    layout = RunLayout(run)
     out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for a, b in pairs:
         if a not in models or b not in models:
@@ -70,11 +72,13 @@ def paired_comparisons(run: str | Path, models: list[str], splits: list[str],
 
 def write_report(run: str | Path) -> Path:
     """Write RUN/report/report.md (+ PNGs) and return its path."""
-    layout = RunLayout(Path(run))
+    layout = RunLayout(run)
     manifest = _read_json(layout.manifest)
     if manifest is None:
         raise FileNotFoundError(f"{layout.manifest} not found: is {run} a distill.py output folder?")
-    out = layout.report
+    # Figures are drawn into a local folder; a run on a URI (advdistill.storage) gets a copy.
+    staging = None if isinstance(layout.report, Path) else tempfile.TemporaryDirectory(prefix="advdistill-report-")
+    out = layout.report if staging is None else Path(staging.name)
     out.mkdir(parents=True, exist_ok=True)
     splits, ood = manifest["splits"], manifest["ood"]
     results = load_results(layout, manifest)
@@ -134,4 +138,8 @@ def write_report(run: str | Path) -> Path:
     sections += ["## Figures"] + [f"![{p.stem}]({p.name})" for p in figures]
     path = out / "report.md"
     path.write_text("\n\n".join(sections) + "\n")
+    if staging is not None:
+        copy_tree(out, layout.report)
+        staging.cleanup()
+        return layout.report / "report.md"
     return path

@@ -1,13 +1,17 @@
 """The training loop each Ray Train worker runs (SPEC §6, paper Appendix B).
 
-Data order is deterministic: every worker holds the (small) tokenised groups table and each epoch
-is a seeded permutation of it, cut into optimizer steps of `groups_per_step` groups whatever the
-number of workers W; worker r takes every W-th group of a step, one group per micro-batch. The
-last step of an epoch takes the remainder (no group is skipped), and a step whose groups do not
-divide by W gives the workers short of groups a padding micro-batch of weight 0: with FSDP every
-worker must run the same number of forward/backward passes (they are collectives). The gradient
-of a step is the mean over its groups. A resumed run — from a checkpoint's global step — replays
-exactly the same micro-batches as an uninterrupted one.
+Data order is deterministic: each epoch is a seeded permutation of the id-sorted training groups
+(`epoch_order`), cut into optimizer steps of `groups_per_step` groups whatever the number of
+workers W; worker r takes every W-th group of a step, one group per micro-batch. The last step of
+an epoch takes the remainder (no group is skipped), and a step whose groups do not divide by W
+gives the workers short of groups a padding micro-batch of weight 0: with FSDP every worker must
+run the same number of forward/backward passes (they are collectives). The gradient of a step is
+the mean over its groups. A resumed run — from a checkpoint's global step — replays exactly the
+same micro-batches as an uninterrupted one.
+
+No worker holds the table: each reads its streaming-split shard of the epoch's dataset (rows in
+epoch order, `pos` their position; `train.ingest`), and `StepReader` assembles each step's
+groups from all the shards with one all-reduce and one all-gather of that step's rows.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 from advdistill.config import ExperimentConfig
 from advdistill.prompts import end_of_turn_token_ids
+from advdistill.storage import local_model
 from advdistill.train.attention import resolve_packed_attention
 from advdistill.train.layout import group_batch, group_tokens, model_inputs, packed_group_batch
 from advdistill.train.methods import get_method
@@ -33,6 +38,12 @@ from advdistill.train.model import ResponseLogProbs, enable_activation_checkpoin
 TRAINER_STATE = "trainer_state.json"
 HF_EXPORT = "hf"
 METRICS_FILE = "metrics.jsonl"
+POSITION = "pos"  # a group's position in its epoch's order (the per-epoch datasets' sort key)
+VAL_DATASET = "val"
+
+
+def epoch_dataset_name(epoch: int) -> str:
+    return f"train-{epoch}"
 
 
 class InjectedFailure(RuntimeError):
@@ -87,14 +98,58 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _load_table(name: str) -> list[dict[str, Any]]:
-    import ray.train
-
-    shard = ray.train.get_dataset_shard(name)
+def shard_rows(shard) -> list[dict[str, Any]]:
+    """All rows of this worker's shard of a (small) dataset, e.g. its share of the validation set."""
     if shard is None:
         return []
-    rows = [row for batch in shard.iter_batches(batch_format="pyarrow", batch_size=None) for row in batch.to_pylist()]
-    return sorted(rows, key=lambda r: r["id"])
+    return [row for batch in shard.iter_batches(batch_format="pyarrow", batch_size=None) for row in batch.to_pylist()]
+
+
+class StepReader:
+    """The optimizer steps of one epoch, read from this worker's streaming-split shard of the
+    epoch's dataset (rows sorted by `pos`, shared among the workers by Ray Data as it likes).
+
+    `step(s)` returns the groups at positions [s·G, min((s+1)·G, n)) in order, on every worker:
+    the worker reads its stream until it passes the step (or ends), an all-reduce checks that the
+    step's rows are all in hand (else every worker reads on), and an all-gather hands every worker
+    the step. Rows before the first step asked for (a resumed epoch) are dropped as they pass.
+    Every call is a collective: all workers call `step` with the same `s`."""
+
+    def __init__(self, shard, n_groups: int, groups_per_step: int, device: torch.device):
+        self._batches = iter(shard.iter_batches(batch_format="pyarrow", batch_size=None)) if shard is not None else iter(())
+        self.n_groups, self.groups_per_step, self.device = n_groups, groups_per_step, device
+        self._held: list[dict[str, Any]] = []
+        self._ended = False
+
+    def _read(self, low: int) -> None:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self._ended = True
+            return
+        self._held += [row for row in batch.to_pylist() if row[POSITION] >= low]
+
+    def step(self, step_in_epoch: int) -> list[dict[str, Any]]:
+        import torch.distributed as dist
+
+        low = step_in_epoch * self.groups_per_step
+        high = min(low + self.groups_per_step, self.n_groups)
+        self._held = [row for row in self._held if row[POSITION] >= low]
+        while not self._ended and not any(row[POSITION] >= high for row in self._held):
+            self._read(low)
+        while True:
+            mine = [row for row in self._held if row[POSITION] < high]
+            have, ended = _all_reduce_sum(torch.tensor([len(mine), float(self._ended)], dtype=torch.float64), self.device)
+            if int(have) == high - low:
+                break
+            if int(ended) == dist.get_world_size():
+                raise RuntimeError(f"the epoch's data ended with {int(have)} of the {high - low} groups of step "
+                                   f"{step_in_epoch} (positions {low}-{high - 1})")
+            self._read(low)
+        gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, mine)
+        self._held = [row for row in self._held if row[POSITION] >= high]
+        return sorted((row for rows in gathered for row in rows), key=lambda row: row[POSITION])
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -124,8 +179,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     on_gpu = device.type == "cuda"
     torch.manual_seed(tc.seed)
 
-    train_groups, val_groups = _load_table("train"), _load_table("val")
-    n_steps_epoch = steps_per_epoch(len(train_groups), tc.groups_per_step)
+    student = local_model(student)  # a folder on a URI (an earlier run's final/) is fetched to this node
+    n_train, n_val = loop_config["train_groups"], loop_config["val_groups"]
+    n_steps_epoch = steps_per_epoch(n_train, tc.groups_per_step)
     if n_steps_epoch == 0:
         raise ValueError("no training groups (all held out for validation or dropped by the keep rule?)")
     total_steps = n_steps_epoch * tc.epochs
@@ -171,17 +227,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, tc.epochs):
         if global_step >= total_steps:
             break
-        order = epoch_order(len(train_groups), epoch, tc.seed)
+        reader = StepReader(ray.train.get_dataset_shard(epoch_dataset_name(epoch)), n_train, tc.groups_per_step, device)
         first = global_step - epoch * n_steps_epoch
         for step_in_epoch in range(first, n_steps_epoch):
             t0 = time.perf_counter()
             # Summed on the device (no host sync per micro-batch): the method's terms, tokens,
             # responses cut at max_seq_len, over this worker's real groups.
             sums = torch.zeros(len(terms) + 2, device=device, dtype=torch.float64)
-            groups = step_groups(order, step_in_epoch, tc.groups_per_step)
+            groups = reader.step(step_in_epoch)  # the step's groups in epoch order, on every worker
             micro = worker_micro_batches(groups, rank, world)
-            for i, (index, weight) in enumerate(micro):
-                group = train_groups[index]
+            for i, (group, weight) in enumerate(micro):
                 # Reduce-scatter gradients once per optimizer step, not per micro-batch.
                 model.set_requires_gradient_sync(i == len(micro) - 1)
                 values = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)
@@ -216,8 +271,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if tc.fail_at_step == global_step and not resumed:
                 raise InjectedFailure(f"injected failure at step {global_step} (train.fail_at_step)")
             epoch_end = step_in_epoch == n_steps_epoch - 1 or global_step >= total_steps
-            if val_groups and (global_step % tc.val_every == 0 or epoch_end):
-                val_loss = _validate(model, val_groups, cfg, rank, world, device, pad_id)
+            if n_val and (global_step % tc.val_every == 0 or epoch_end):
+                val_loss = _validate(model, ray.train.get_dataset_shard(VAL_DATASET), groups[0], cfg, device, pad_id)
                 metrics["val_loss"] = val_loss
             if rank == 0 and (global_step % tc.report_every == 0 or "val_loss" in metrics):
                 extra = f" val {val_loss:.4f}" if "val_loss" in metrics else ""
@@ -238,16 +293,25 @@ def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> list[float]:
     return t.cpu().tolist()
 
 
+def _all_max(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], device=device, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 @torch.no_grad()
-def _validate(model, groups, cfg, rank, world, device, pad_id) -> float:
-    """Mean loss over the held-out groups. Every worker runs the same number of forwards (FSDP
-    all-gathers are collectives); a worker short of groups repeats one with weight 0."""
-    per_rank = math.ceil(len(groups) / world)
-    mine = groups[rank::world]
+def _validate(model, shard, fallback: dict[str, Any], cfg, device, pad_id) -> float:
+    """Mean loss over the held-out groups, each worker on its streaming-split share of them.
+    Every worker runs the same number of forwards (FSDP all-gathers are collectives); a worker
+    short of groups repeats one (or, with none, `fallback`) with weight 0."""
+    mine = shard_rows(shard)
+    per_rank = int(_all_max(len(mine), device))
     total = torch.zeros(2, dtype=torch.float64)
     for i in range(per_rank):
         weight = 1.0 if i < len(mine) else 0.0
-        group = mine[i] if i < len(mine) else groups[0]
+        group = mine[i] if i < len(mine) else (mine[0] if mine else fallback)
         loss = loss_terms(model, _to_device(make_batch(group, cfg, pad_id), device), cfg)["loss"]
         total += torch.tensor([weight * loss.item(), weight], dtype=torch.float64)
     loss_sum, count = _all_reduce_sum(total, device)

@@ -4,16 +4,25 @@ Reads the groups table with Ray Data, tokenises it there (CPU tasks), drops the 
 `responses_per_group` keep rule rejects (counted), holds out validation groups (`val_fraction`,
 by id hash — a stated choice, reported), counts the responses `max_seq_len` cuts, and runs
 `train_loop` on a `TorchTrainer` (FSDP2, gloo on CPU, NCCL on GPU). Everything
-a worker writes goes through Ray Train's storage (`OUTPUT/checkpoints`), so the same code works
-on a laptop and on a cluster with shared storage; at the end the driver copies the last
-checkpoint's transformers export to `OUTPUT/final` and its metrics to `OUTPUT/metrics.jsonl`
-(`TrainOutput`). Rerunning with the same output continues from the latest checkpoint.
+a worker writes goes through Ray Train's storage (`OUTPUT/checkpoints`; OUTPUT may be a URI such
+as `s3://bucket/run/train-sft`, `advdistill.storage`), so the same code works on a laptop and on a
+cluster; at the end the driver copies the last checkpoint's transformers export to
+`OUTPUT/final` and its metrics to `OUTPUT/metrics.jsonl` (`TrainOutput`), from wherever the
+storage is. Rerunning with the same output continues from the latest checkpoint.
+
+Data ingest: no worker holds the whole table. The tokenised groups stay in Ray's object store;
+each epoch is its own dataset, the groups in that epoch's order (`epoch_order`, a seeded
+permutation of the id-sorted groups, as a `pos` column and a distributed sort), streamed to the
+workers with Ray Data's `streaming_split` (`EpochSplits`: no truncation, order preserved). Which
+worker receives which row is Ray Data's business; the loop (`train.loop.StepReader`) gathers
+each optimizer step's groups from all workers' streams (one small collective per step) and runs
+exactly the micro-batches it always ran, so order, results and mid-epoch resume are the same as
+when every worker read everything.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,17 +30,18 @@ from typing import Any
 import pyarrow as pa
 
 from advdistill.config import ExperimentConfig, dump_config
-from advdistill.curate.store import CurateOutput
+from advdistill.curate.store import CurateOutput, shard_files
 from advdistill.schema import TokenisedGroup, arrow_schema, from_arrow, to_arrow
+from advdistill.storage import PathLike, copy_tree, filesystem, local_model, location, resolved
 from advdistill.train.collate import student_end_of_turn_id, tokenize_group
-from advdistill.train.loop import HF_EXPORT, METRICS_FILE, train_loop
+from advdistill.train.loop import HF_EXPORT, METRICS_FILE, VAL_DATASET, train_loop
 
 
 class TrainOutput:
     """A training run's folder (SPEC §9b)."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | PathLike):
+        self.folder = location(folder)
         self.checkpoints = self.folder / "checkpoints"  # Ray Train's storage: sharded, resumable
         self.final = self.folder / "final"  # a transformers folder with the tokenizer
         self.metrics = self.folder / "metrics.jsonl"  # one line per optimizer step
@@ -42,20 +52,40 @@ class TrainOutput:
         return self.final.is_dir() and self.result.is_file()
 
 
-def groups_folder(path: str | Path) -> Path:
-    """Accept the curate output folder or its `groups/` folder."""
-    path = Path(path)
+def groups_folder(path: str | PathLike) -> PathLike:
+    """Accept the curate output folder or its `groups/` folder (a path or a URI)."""
+    path = location(path)
     folder = CurateOutput(path).groups if CurateOutput(path).groups.is_dir() else path
-    if not any(folder.glob("*.parquet")):
+    if not shard_files(folder):
         raise FileNotFoundError(f"no groups table (*.parquet) in {folder}")
+    check_shards(folder)
     return folder
+
+
+class BadShard(ValueError):
+    """A groups file that is not a readable Parquet file (truncated, corrupted); names it."""
+
+
+def check_shards(folder: PathLike) -> None:
+    """Every `*.parquet` in `folder` has a readable footer (a truncated copy has none): raises
+    `BadShard` naming the file, before Ray Data reads it with an error that does not."""
+    import pyarrow.parquet as pq
+
+    for path in shard_files(folder):
+        try:
+            fs, fs_path = filesystem(path)
+            with fs.open_input_file(fs_path) as handle:
+                pq.ParquetFile(handle).close()
+        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError: all mean the same here
+            raise BadShard(f"groups file {path} is not a readable Parquet file ({type(err).__name__}: {err}); "
+                           "remove or regenerate it (a rerun of curation rewrites missing shards)") from None
 
 
 @lru_cache(maxsize=4)
 def _tokenizer(student: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(student)
+    return AutoTokenizer.from_pretrained(local_model(student, weights=False))
 
 
 def _tokenize_batch(batch: pa.Table, cfg: ExperimentConfig, student: str) -> pa.Table:
@@ -65,17 +95,24 @@ def _tokenize_batch(batch: pa.Table, cfg: ExperimentConfig, student: str) -> pa.
     return to_arrow(rows, arrow_schema(TokenisedGroup))
 
 
+MAX_SKIPPED_LISTED = 100  # skipped groups listed by id in result.json (all are counted)
+
+
 def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
     """What a run trains on, stated in result.json and the report (SPEC §5-6), from each tokenised
     group's `keep`, `val` and `truncated_responses`: groups trained on, held out (and the
     fraction), dropped by the K' keep rule, groups per step, and the responses max_seq_len cut."""
     train = [f for f in flags if f["keep"] and not f["val"]]
     val = [f for f in flags if f["keep"] and f["val"]]
+    skipped = [f for f in flags if f.get("skipped")]
     tc = cfg.train
     return {
         "train_groups": len(train), "val_groups": len(val), "val_fraction": tc.val_fraction,
         "groups_per_step": tc.groups_per_step, "responses_per_group": tc.responses_per_group,
-        "dropped_groups": sum(not f["keep"] for f in flags), "max_seq_len": tc.max_seq_len,
+        "dropped_groups": sum(not f["keep"] and not f.get("skipped") for f in flags), "max_seq_len": tc.max_seq_len,
+        # groups not trained on at all (the prompt alone fills max_seq_len), with their reasons
+        "skipped_groups": len(skipped),
+        "skipped": [{"id": f.get("id"), "reason": f["skipped"]} for f in skipped[:MAX_SKIPPED_LISTED]],
         "truncated_responses": sum(f["truncated_responses"] for f in train),
         "truncated_groups": sum(f["truncated_responses"] > 0 for f in train),
         "val_truncated_responses": sum(f["truncated_responses"] for f in val),
@@ -83,62 +120,81 @@ def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dic
     }
 
 
-def train(cfg: ExperimentConfig, groups: str | Path, output: str | Path, *, student: str | None = None) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike, *,
+          student: str | None = None) -> dict[str, Any]:
     """Train a student on a groups table; returns the final metrics (also in the output)."""
     import ray
     import ray.train
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
-    out = TrainOutput(Path(output).resolve())
+    from advdistill.train.ingest import EpochSplits, epoch_datasets, epochs_to_run
+
+    out = TrainOutput(resolved(output))
     out.folder.mkdir(parents=True, exist_ok=True)
     out.config.write_text(dump_config(cfg))
     student = student or cfg.student
     student = str(Path(student).resolve()) if Path(student).exists() else student
 
-    table = ray.data.read_parquet(str(groups_folder(groups)))
+    # Ray gets the file system itself (credentials, endpoint), not just a URI to re-resolve.
+    groups_fs, groups_path = filesystem(groups_folder(groups))
+    table = ray.data.read_parquet(groups_path, filesystem=groups_fs)
+    storage_fs, storage_path = filesystem(out.folder)
     tokenized = table.map_batches(_tokenize_batch, fn_kwargs={"cfg": cfg, "student": student},
                                   batch_format="pyarrow", batch_size=64).materialize()
-    data = training_contract(tokenized.select_columns(["keep", "val", "truncated_responses"]).take_all(), cfg)
+    data = training_contract(tokenized.select_columns(["id", "keep", "val", "truncated_responses", "skipped"]).take_all(),
+                             cfg)
     # `== True/False`: Ray Data expressions, not Python bools.
-    train_ds = tokenized.filter(expr=(col("keep") == True) & (col("val") == False)).materialize()  # noqa: E712
-    val_ds = tokenized.filter(expr=(col("keep") == True) & (col("val") == True)).materialize()  # noqa: E712
+    train_ds = tokenized.filter(expr=(col("keep") == True) & (col("val") == False))  # noqa: E712
+    val_ds = tokenized.filter(expr=(col("keep") == True) & (col("val") == True))  # noqa: E712
     tc = cfg.train
+    if not data["train_groups"]:
+        raise ValueError("no training groups (all held out for validation, dropped by the keep rule or skipped?)")
+    # Only the ids come to the driver (to number the groups); the rows stream to the workers.
+    ids = [row["id"] for row in train_ds.select_columns(["id"]).take_all()]
+    datasets = epoch_datasets(train_ds, ids, epochs_to_run(len(ids), tc.groups_per_step, tc.epochs, tc.max_steps),
+                              tc.seed)
     dropped = (f", {data['dropped_groups']} dropped (no correct response in the first {tc.responses_per_group})"
                if tc.responses_per_group is not None else "")
     print(f"[train] {tc.mode}: {data['train_groups']} training groups, {data['val_groups']} validation groups "
           f"(val_fraction {tc.val_fraction}){dropped}; {tc.groups_per_step} groups per optimizer step; "
           f"{data['truncated_responses']} training responses cut at max_seq_len {tc.max_seq_len}; student {student}",
           flush=True)
+    if data["skipped_groups"]:
+        print(f"[train] {data['skipped_groups']} groups skipped, e.g. {data['skipped'][0]['id']}: "
+              f"{data['skipped'][0]['reason']} (all listed in result.json)", flush=True)
 
     res = cfg.train.resources
     use_gpu = res.use_gpu if res.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "student": student},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "student": student,
+                           "train_groups": data["train_groups"], "val_groups": data["val_groups"]},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
+            num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **res.custom},
         ),
         run_config=ray.train.RunConfig(
-            storage_path=str(out.checkpoints.parent),
+            # A local folder or a URI (s3://…): Ray Train writes checkpoints there from every worker.
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             name=out.checkpoints.name,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
         ),
-        datasets={"train": train_ds, "val": val_ds},
-        # Every worker reads the whole (small) tokenised table and takes its share by a seeded
-        # permutation, so data order — and a resumed run — is deterministic.
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        datasets={**datasets, VAL_DATASET: val_ds},
+        # Each worker streams its share of every epoch, in order (train.ingest, train.loop.StepReader).
+        dataset_config=EpochSplits(),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        folder = Path(folder)
-        if out.final.exists():
-            shutil.rmtree(out.final)
-        shutil.copytree(folder / HF_EXPORT, out.final)
-        shutil.copy(folder / METRICS_FILE, out.metrics)
+    # The checkpoint is on Ray Train's storage (shared: any node may have written it); copied
+    # from there, file system to file system, not through a node's local disk.
+    checkpoint = (result.checkpoint.filesystem, result.checkpoint.path)
+    copy_tree((checkpoint[0], f"{checkpoint[1]}/{HF_EXPORT}"), out.final)
+    with checkpoint[0].open_input_stream(f"{checkpoint[1]}/{METRICS_FILE}") as stream:
+        out.metrics.write_bytes(stream.read())
     # The last step's figures, less its per-step counts: the run's totals replace them.
     metrics = {k: v for k, v in (result.metrics or {}).items() if k not in ("groups", "truncated_responses")}
     metrics.update({**data, "mode": cfg.train.mode, "student": student})
