@@ -84,6 +84,9 @@ class TokenisedGroup(TypedDict):
     correct: list[bool]
     truncated: list[bool]  # cut at train.max_seq_len
     truncated_responses: int
+    # Why the group is not trained on at all (its prompt alone fills train.max_seq_len), else
+    # None; a skipped group has keep False, no token ids, and is counted in the training result.
+    skipped: str | None
 
 
 class Prediction(TypedDict):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from advdistill.pipeline import run
 
+    check_output_dir(output)  # before Ray starts: a one-line error, not a traceback after its start-up
     init_ray()
     return run(cfg, output, serve=args.serve or cfg.serve.start_after_run)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_input_path, check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
 from advdistill.tasks import task_names  # noqa: E402
 
 
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = DatasetConfig(name=args.dataset, split=args.split, path=args.path, limit=args.limit)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    check_output_dir(args.output)
+    if args.path:
+        check_input_path(args.path, "dataset file")
     init_ray()
     metrics = evaluate(cfg, args.model, dataset, args.output, few_shot=args.few_shot)
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("by_")}, indent=2))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_input_path, check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     extra = [f"curate.dataset.{key}={value}" for key, value in
              (("name", args.dataset), ("split", args.split), ("path", args.path), ("limit", args.limit)) if value is not None]
     cfg = load_from_args(args, extra)
+    check_output_dir(args.output)  # before Ray starts: a one-line error, not a traceback later
+    if cfg.curate.dataset.path:
+        check_input_path(cfg.curate.dataset.path, "dataset file")
 
     from advdistill.curate.stage import curate
 

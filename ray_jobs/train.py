@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_input_path, check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
 from advdistill.train.methods import method_names  # noqa: E402
 
 
@@ -28,8 +28,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_from_args(args, [f"train.mode={args.mode}"] if args.mode else [])
 
-    from advdistill.train.trainer import train
+    from advdistill.train.trainer import groups_folder, train
 
+    # Before Ray starts: one-line errors naming the folder or file at fault.
+    check_output_dir(args.output)
+    check_input_path(args.groups, "groups folder")
+    try:
+        groups_folder(args.groups)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     init_ray()
     metrics = train(cfg, args.groups, args.output, student=args.student)
     print(json.dumps(metrics, indent=2, default=str))

@@ -14,7 +14,7 @@ from advdistill.curate.stage import score_curated
 from advdistill.curate.store import CurateOutput, read_shards
 from advdistill.data.loaders import load_records
 from advdistill.prompts import template_response
-from advdistill.schema import CuratedGroup, Record, arrow_schema, columns, from_arrow, to_arrow
+from advdistill.schema import CuratedGroup, Prediction, Record, arrow_schema, columns, from_arrow, to_arrow
 
 
 def jsonl(path, rows):
@@ -111,3 +111,17 @@ def test_shards_written_before_the_schema_still_read(tmp_path):
     assert pa.Table.from_pylist(rows).schema.field("choices").type == pa.null()
     table = read_shards(folder)
     assert table.schema == arrow_schema(CuratedGroup) and table.column("id").to_pylist() == ["old"]
+
+
+def test_the_apis_response_models_cover_every_prediction_column_and_breakdown():
+    """/openapi.json describes what /evaluate returns: a field the evaluator adds and the
+    response model lacks would be dropped from every answer without an error."""
+    from advdistill.evaluation.metrics import summarize
+    from advdistill.serve.schemas import EvaluateMetrics, ItemResult
+    from advdistill.tasks import breakdown_fields
+
+    assert set(columns(Prediction)) | set(breakdown_fields()) == set(ItemResult.model_fields)
+    assert {f"by_{name}" for name in breakdown_fields()} <= set(EvaluateMetrics.model_fields)
+    metrics = summarize(["<think>a</think><answer>\\boxed{1}</answer>", "x"], [5, 3], [True, False])
+    assert set(metrics) == {name for name in EvaluateMetrics.model_fields if not name.startswith("by_")}
+    EvaluateMetrics.model_validate(metrics)

@@ -190,4 +190,4 @@ def test_training_result_states_the_contract(tiny_cfg):
     assert training_contract(flags, cfg) == {
         "train_groups": 2, "val_groups": 1, "val_fraction": 0.25, "groups_per_step": 4, "responses_per_group": 3,
         "dropped_groups": 1, "max_seq_len": 300, "truncated_responses": 2, "truncated_groups": 1,
-        "val_truncated_responses": 1, "val_truncated_groups": 1}
+        "val_truncated_responses": 1, "val_truncated_groups": 1, "skipped_groups": 0, "skipped": []}

@@ -7,7 +7,10 @@ registry entry (`advdistill.tasks`). Rows come from a local JSON-lines/Parquet f
 source's fields (clusters without hub access, tests), else from the task's generator (the
 synthetic task), else from its hub id with `datasets.load_dataset`. Rows that cannot become a
 record (missing or empty fields, an unparsable reference, a duplicate id, a line that is not
-JSON) never stop a run: they are returned as quarantined, each with its reason.
+JSON or not UTF-8) never stop a run: they are returned as quarantined, each with its reason, the
+source it came from and its 1-based `line` (the line of a JSONL file, the row of a Parquet file
+or of a hub/generated split). A file that cannot be read at all (missing, not Parquet) raises
+`DatasetError` naming it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ from advdistill.scoring.numbers import parse_number
 from advdistill.tasks import MAX_OPTIONS, OPTION_LETTERS, BadRow, TaskSpec, get_task
 
 RECORD_COLUMNS = columns(Record)
+
+
+class DatasetError(ValueError):
+    """A dataset source that cannot be read at all (not a row: the whole file); names the file."""
+
+
+# The suffixes a local dataset file may have.
+DATASET_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 @dataclass
@@ -51,40 +62,67 @@ def checked_record(record: dict[str, Any], spec: TaskSpec) -> Record:
     return record  # type: ignore[return-value]
 
 
-def _read_local(path: Path, quarantined: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _read_local(path: Path, quarantined: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line, row) of a local JSONL/Parquet file; undecodable, non-JSON and non-object
+    lines are quarantined with their line number."""
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
+        for n, row in enumerate(table.to_pylist(), 1):
+            yield n, row
         return
-    with path.open() as handle:
-        for n, line in enumerate(handle):
-            if not line.strip():
+    source = str(path)
+    with path.open("rb") as handle:  # bytes: one undecodable line must not stop the others
+        for n, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                quarantined.append({"line": n, "source": source, "reason": f"not UTF-8: byte {err.start} of the line",
+                                    "row": _text_excerpt(raw.decode("utf-8", "backslashreplace"))})
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
-                quarantined.append({"line": n + 1, "reason": f"not JSON: {err.msg}", "row": line[:200]})
+            except (json.JSONDecodeError, RecursionError) as err:
+                msg = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+                quarantined.append({"line": n, "source": source, "reason": f"not JSON: {msg}", "row": _text_excerpt(line)})
                 continue
             if not isinstance(row, dict):
-                quarantined.append({"line": n + 1, "reason": "not a JSON object", "row": line[:200]})
+                quarantined.append({"line": n, "source": source, "reason": "not a JSON object", "row": _text_excerpt(line)})
                 continue
-            yield row
+            yield n, row
 
 
-def _read_hub(spec: TaskSpec, split: str) -> Iterator[dict[str, Any]]:
+def _read_hub(spec: TaskSpec, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
     from datasets import load_dataset
 
-    yield from load_dataset(spec.hub_id, spec.hub_config, split=spec.splits[split])
+    yield from enumerate(load_dataset(spec.hub_id, spec.hub_config, split=spec.splits[split]), 1)
 
 
-def _source_rows(cfg: DatasetConfig, spec: TaskSpec, quarantined: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def source_name(cfg: DatasetConfig) -> str:
+    """Where a dataset's rows come from: its file, the built-in generator, or its hub id."""
+    spec = get_task(cfg.name)
+    if cfg.path:
+        return str(cfg.path)
+    if spec.generate is not None:
+        return f"generated:{spec.name}"
+    return f"hub:{spec.hub_id}"
+
+
+def _source_rows(cfg: DatasetConfig, spec: TaskSpec, quarantined: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line or row number, row) of the dataset's source."""
     if cfg.path:
         return _read_local(Path(cfg.path), quarantined)
     if spec.generate is not None:
-        return iter(spec.generate(cfg.split, cfg.limit, cfg.seed))
+        return enumerate(spec.generate(cfg.split, cfg.limit, cfg.seed), 1)
     if spec.hub_id is None:
         raise ValueError(f"task {spec.name} has no hub id: give a local file (dataset.path)")
     return _read_hub(spec, cfg.split)
@@ -97,14 +135,18 @@ def load_records(cfg: DatasetConfig) -> LoadResult:
         raise ValueError(f"{cfg.name} has splits {sorted(spec.splits)}, not {cfg.split!r}")
     quarantined: list[dict[str, Any]] = []
     records, seen = [], set()
-    for index, row in enumerate(_source_rows(cfg, spec, quarantined)):
+    source = source_name(cfg)
+    # `index` (0-based, over the rows that parsed) is what converters build ids from, as the hub's
+    # row index; `line` (1-based, in the file) is what a person looks up.
+    for index, (line, row) in enumerate(_source_rows(cfg, spec, quarantined)):
         try:
             record = checked_record(spec.to_record(row, cfg.split, index), spec)
         except BadRow as err:
-            quarantined.append({"index": index, "reason": str(err), "row": _excerpt(row)})
+            quarantined.append({"line": line, "source": source, "reason": str(err), "row": _excerpt(row)})
             continue
         if record["id"] in seen:
-            quarantined.append({"index": index, "reason": f"duplicate id {record['id']}", "row": _excerpt(row)})
+            quarantined.append({"line": line, "source": source, "reason": f"duplicate id {record['id']}",
+                                "row": _excerpt(row)})
             continue
         seen.add(record["id"])
         records.append(record)
@@ -129,6 +171,11 @@ def _seeded_split(records: list[Record], split: str, test_size: int, seed: int) 
     return [r for r in records if (r["id"] in test_ids) == keep_test]
 
 
+def _text_excerpt(text: str, limit: int = 200) -> str:
+    text = text.rstrip("\r\n")
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates too
+
+
 def _excerpt(row: Any, limit: int = 300) -> str:
-    text = json.dumps(row, default=str)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return _text_excerpt(json.dumps(row, default=str), limit)

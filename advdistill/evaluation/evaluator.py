@@ -27,7 +27,9 @@ class EvalOutput:
     """One evaluation's folder."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+        from advdistill.storage import location
+
+        self.folder = location(folder)  # a local folder or a URI (advdistill.storage)
         self.metrics = self.folder / "metrics.json"  # SPEC §7 metrics, overall and per breakdown value
         self.predictions = self.folder / "predictions.jsonl"  # one `schema.Prediction` per item
 
@@ -76,9 +78,15 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
         quarantined[label] = len(loaded.quarantined)
         records += [dict(r, split=label) for r in loaded.records]
     started = time.time()
+    # Prompts that leave no room for max_tokens in the engine's context are quarantined (counted
+    # per split in metrics.json), not a failed evaluation.
+    too_long: list[dict[str, Any]] = []
+    split_of = {r["id"]: r["split"] for r in records}
     ds = generate_and_score(records, model=model, engine=cfg.eval.engine, params=eval_params(cfg), prompt=cfg.prompt,
                             few_shot=few_shot, seed=0, resources=cfg.eval.resources, score_row=_score_with_split,
-                            schema=prediction_schema(), extra=["split"])
+                            schema=prediction_schema(), extra=["split"], quarantine=too_long)
+    for row in too_long:
+        quarantined[split_of[row["id"]]] += 1
     by_split: dict[str, list[Prediction]] = {label: [] for label in splits}
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for row in batch.to_pylist():
@@ -101,4 +109,4 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
 
 def evaluate(cfg: ExperimentConfig, model: str, dataset: DatasetConfig, output: str | Path, *, few_shot: int = 0) -> dict[str, Any]:
     """Evaluate `model` on one dataset split; returns the metrics (also in OUTPUT/metrics.json)."""
-    return evaluate_splits(cfg, model, {"split": (dataset, EvalOutput(Path(output)))}, few_shot=few_shot)["split"]
+    return evaluate_splits(cfg, model, {"split": (dataset, EvalOutput(output))}, few_shot=few_shot)["split"]

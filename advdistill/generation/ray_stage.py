@@ -2,20 +2,27 @@
 one engine per actor and runs `generate_rows` on each batch of records, then an actor pool that
 scores the generated rows. Placement: one generation actor per `tensor_parallel_size` GPUs, the
 pool sized to the cluster's GPUs (on CPU, one actor); as many scoring actors at most.
+A vLLM actor runs `engine.concurrent_batches` calls at once (threads; `engine_concurrency`): each
+call's prompts join the running engine, so it never idles in a batch's tail.
 
 Batches travel as Arrow tables of the `advdistill.schema` tables (`to_arrow`/`from_arrow`).
+
+Before anything is generated, the driver checks every prompt against the engine's context with
+the model's tokenizer (`check_context`): a prompt that leaves no room for `max_tokens` is a
+quarantined row, never a failed run.
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
 from advdistill.config import EngineConfig, PromptConfig, ResourcesConfig
-from advdistill.generation.engines import GenerationParams, make_engine
-from advdistill.generation.rows import generate_rows
+from advdistill.generation.engines import GenerationParams, make_engine, vllm_available
+from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows
 from advdistill.schema import GeneratedGroup, Record, arrow_schema, columns, from_arrow, to_arrow
 
 
@@ -46,10 +53,11 @@ class GenerationActor:
         use_assigned_cpus()
         self.engine = make_engine(model, engine, seed=seed)
         self.params, self.prompt_cfg, self.few_shot, self.seed = params, prompt, few_shot, seed
+        self.max_model_len = engine.max_model_len
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = generate_rows(self.engine, from_arrow(batch), self.params, prompt=self.prompt_cfg, few_shot=self.few_shot,
-                             seed=self.seed)
+                             seed=self.seed, max_model_len=self.max_model_len)
         return to_arrow(rows, arrow_schema(GeneratedGroup), extra=_passengers(batch))
 
 
@@ -86,24 +94,65 @@ def actor_pool(resources: ResourcesConfig, engine: EngineConfig) -> tuple[dict[s
     else:
         args = {"num_cpus": resources.cpus_per_worker}
         default_max = 1  # on CPU a second engine competes for the same cores (FIELD-NOTES)
+    if resources.custom:  # only on the nodes (node types) that declare them
+        args["resources"] = dict(resources.custom)
     max_size = resources.max_workers or default_max
     return args, min(resources.min_workers, max_size), max_size
+
+
+def engine_concurrency(engine: EngineConfig) -> dict[str, Any]:
+    """Calls one generation actor runs at once. vLLM engines take `engine.concurrent_batches`
+    (their `StepLoop` admits each call's prompts into the running engine); the transformers
+    engine one, as its sampling seeds torch's global generator."""
+    kind = engine.engine if engine.engine != "auto" else ("vllm" if vllm_available() else "transformers")
+    if kind != "vllm" or engine.concurrent_batches == 1:
+        return {}
+    return {"max_concurrent_calls_per_actor": engine.concurrent_batches, "enable_true_multi_threading": True}
+
+
+@lru_cache(maxsize=4)
+def model_tokenizer(model: str) -> Any:
+    """The tokenizer an engine of `model` uses (vLLM and transformers both load the model's own)."""
+    from transformers import AutoTokenizer
+
+    from advdistill.storage import local_model
+
+    return AutoTokenizer.from_pretrained(local_model(model, weights=False))
+
+
+def check_context(records: Sequence[dict[str, Any]], *, model: str, engine: EngineConfig, params: GenerationParams,
+                  prompt: PromptConfig, few_shot: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`records` split into those whose prompt leaves `params.max_tokens` in the engine's context
+    and quarantine rows for the others (`rows.fit_context`, with the model's tokenizer)."""
+    return fit_context(records, model_tokenizer(model), max_model_len=engine.max_model_len,
+                       max_tokens=params.max_tokens, prompt=prompt, few_shot=few_shot)
 
 
 def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine: EngineConfig, params: GenerationParams,
                        prompt: PromptConfig, few_shot: int, seed: int, resources: ResourcesConfig,
                        score_row: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema,
-                       extra: Sequence[str] = ()):
+                       extra: Sequence[str] = (), quarantine: list[dict[str, Any]] | None = None):
     """A Ray dataset of `records` (`schema.Record`s, plus their `extra` columns) generated on an
     autoscaling pool of `GenerationActor`s and scored row by row by `score_row` on a pool of
     `ScoringActor`s (0.5 CPU each, no more of them than generation actors), as tables of `schema`
-    plus the `extra` columns. Consume it as a stream: batches arrive as they are scored."""
+    plus the `extra` columns. Consume it as a stream: batches arrive as they are scored.
+
+    Records whose prompt does not fit the engine's context are left out and appended to
+    `quarantine` (`check_context`); without a `quarantine` list they raise `PromptTooLong`."""
     import ray
 
+    records, rejected = check_context(records, model=model, engine=engine, params=params, prompt=prompt,
+                                      few_shot=few_shot)
+    if rejected:
+        if quarantine is None:
+            raise PromptTooLong(f"{len(rejected)} prompt(s) do not fit the context, e.g. {rejected[0]['id']}: "
+                                f"{rejected[0]['reason']}")
+        quarantine.extend(rejected)
     table = to_arrow(records, arrow_schema(Record), extra=extra)
     # One block per engine batch: blocks are what Ray Data hands out, so the work spreads over the
     # actors and the results stream back a batch at a time (one block would come back at the end).
-    ds = ray.data.from_arrow([table.slice(start, engine.batch_size) for start in range(0, len(table), engine.batch_size)])
+    ds = ray.data.from_arrow([table.slice(start, engine.batch_size) for start in range(0, len(table), engine.batch_size)]
+                             or [table])
     remote_args, min_actors, max_actors = actor_pool(resources, engine)
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for actor restarts yet; its own docs point to these
@@ -115,7 +164,7 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
                                    "few_shot": few_shot, "seed": seed},
             batch_size=engine.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors, **engine_concurrency(engine)),
             **remote_args,
             **FAULT_TOLERANCE,
         )

@@ -6,7 +6,9 @@ are masked out of the loss (SPEC §6). A response the teacher ended itself (fini
 gets the student's end-of-turn token appended, so the student learns to stop where evaluation
 stops it; a response cut at the teacher's token limit ("length") gets none, so the student never
 learns to stop mid-sentence. A response that does not fit in `max_seq_len` is cut, and the cut
-is counted (`truncated`, `truncated_responses`). `responses_per_group` K' < K keeps the first K'
+is counted (`truncated`, `truncated_responses`); a group whose prompt alone fills `max_seq_len`
+is skipped — `keep` False, `skipped` its reason, counted in the training result — rather than
+stopping the run. `responses_per_group` K' < K keeps the first K'
 responses, recomputes their advantages and applies the keep rule again (SPEC §5: a group whose
 first K' responses are all incorrect is dropped); then the training method (`train.mode`,
 `advdistill.train.methods`) picks the responses it trains on. A fixed share of the groups, by a
@@ -78,7 +80,8 @@ def tokenize_group(row: CuratedGroup, tokenizer: Any, cfg: ExperimentConfig,
     chosen = select_responses(row, cfg)
     budget = cfg.train.max_seq_len - len(prompt_ids)
     if budget < 1:
-        raise ValueError(f"group {row['id']}: the prompt alone ({len(prompt_ids)} tokens) fills max_seq_len")
+        return skipped_group(row["id"], cfg, f"prompt too long: the prompt alone ({len(prompt_ids)} tokens) fills "
+                                             f"train.max_seq_len ({cfg.train.max_seq_len})")
     if end_of_turn_id is None:
         end_of_turn_id = student_end_of_turn_id(tokenizer)
     encoded = tokenizer(chosen["responses"], add_special_tokens=False)["input_ids"]
@@ -93,7 +96,15 @@ def tokenize_group(row: CuratedGroup, tokenizer: Any, cfg: ExperimentConfig,
         "correct": [bool(c) for c in chosen["correct"]],
         "truncated": truncated,
         "truncated_responses": sum(truncated),
+        "skipped": None,
     }
+
+
+def skipped_group(group_id: str, cfg: ExperimentConfig, reason: str) -> TokenisedGroup:
+    """A group that is not trained on (`keep` False), with the reason it is counted under."""
+    return {"id": group_id, "keep": False, "val": is_validation(group_id, cfg.train.val_fraction), "prompt_ids": [],
+            "response_ids": [], "advantages": [], "correct": [], "truncated": [], "truncated_responses": 0,
+            "skipped": reason}
 
 
 def student_end_of_turn_id(tokenizer: Any) -> int:
