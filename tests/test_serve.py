@@ -4,10 +4,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -44,7 +43,12 @@ def data_root(tmp_path_factory, shared_data):
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, data_root):
+def jobs_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("evaluation-jobs")
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, data_root, jobs_folder):
     from ray import serve
 
     from advdistill.serve.app import build_app
@@ -53,6 +57,7 @@ def server(ray_cluster, data_root):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(REPO),
                      "data_root": str(data_root), "max_items": 40, "max_tokens_limit": 512,
+                     "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1,
                      "models": [{"name": "tiny-student", "path": "models/tiny-student", "base_model": False},
                                 {"name": "tiny-teacher", "path": "models/tiny-teacher", "base_model": True}]})
     serve.run(app, name="advdistill", route_prefix="/")
@@ -83,7 +88,14 @@ def test_models_healthz_and_docs(server):
     models = httpx.get(server + "/models").json()["models"]
     assert {m["name"]: m["few_shot"] for m in models} == {"tiny-student": 0, "tiny-teacher": 0}
     assert httpx.get(server + "/healthz").json() == {"status": "ok"}
-    assert "/evaluate" in httpx.get(server + "/openapi.json").json()["paths"]
+    spec = httpx.get(server + "/openapi.json").json()
+    # Every route says what it returns (clients are generated from this), not an untyped object.
+    returns = {(method, path): next(r for code, r in ops[method]["responses"].items() if code.startswith("2"))
+               ["content"]["application/json"]["schema"].get("$ref", "").rsplit("/", 1)[-1]
+               for path, ops in spec["paths"].items() for method in ops}
+    assert returns == {("get", "/healthz"): "Health", ("get", "/models"): "ModelList",
+                       ("post", "/evaluate"): "EvaluateResponse", ("post", "/evaluations"): "EvaluationJob",
+                       ("get", "/evaluations/{job_id}"): "EvaluationJob"}
     assert httpx.get(server + "/docs").status_code == 200
 
 
@@ -132,6 +144,70 @@ def test_32_concurrent_clients_all_succeed(server):
     assert all(len(r.json()["results"]) == 2 for r in responses)
 
 
+def test_evaluation_job_runs_in_the_background_and_matches_evaluate(server, jobs_folder):
+    """POST /evaluations answers at once with a job; polling shows progress and then the same
+    answer /evaluate gives for the same items; the state is a file that outlives the replica;
+    a second job beyond serve.max_concurrent_jobs (1 here) is a 429; bad bodies are refused at
+    submission, unknown ids are 404."""
+    from advdistill.serve.jobs import JobStore
+
+    items = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"}
+             for r in make_split("test", 40, seed=5)]
+    body = {"model": "tiny-student", "items": items, "sampling": {"max_tokens": 96}}
+    submitted = httpx.post(server + "/evaluations", json=body, timeout=60)
+    assert submitted.status_code == 202, submitted.text
+    job = submitted.json()
+    assert job["status"] in ("queued", "running") and job["total"] == 40 and job["result"] is None
+    busy = httpx.post(server + "/evaluations", json=body, timeout=60)
+    assert busy.status_code == 429 and busy.headers["retry-after"]
+    assert httpx.post(server + "/evaluations", json={**body, "model": "nope"}, timeout=60).status_code == 404
+    seen = set()
+    deadline = time.time() + 300
+    while job["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.3)
+        job = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
+        seen.add((job["status"], job["done"]))
+    assert job["status"] == "done", job
+    assert job["done"] == job["total"] == 40
+    direct = evaluate(server, body).json()
+    assert job["result"]["metrics"] == direct["metrics"]
+    assert [r["response"] for r in job["result"]["results"]] == [r["response"] for r in direct["results"]]
+    assert JobStore(jobs_folder).read(job["id"])["result"] == job["result"]  # on disk, for any later replica
+    for unknown in ("0" * 32, "not-a-job-id"):
+        assert httpx.get(f"{server}/evaluations/{unknown}", timeout=30).status_code == 404
+
+
+def test_a_job_finishes_when_its_model_replica_is_killed_under_it(server):
+    """The model replica dies while a job's chunk is on it (ray.kill, as an OOM or a lost node
+    would): Serve starts another, the chunk is retried there and the job ends with every item and
+    the same answers as an undisturbed /evaluate."""
+    import ray
+
+    def replicas():
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith("SERVE_REPLICA::advdistill#model-tiny-teacher#"))
+
+    before = replicas()
+    assert before
+    items = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"}
+             for r in make_split("test", 40, seed=9)]
+    body = {"model": "tiny-teacher", "items": items, "sampling": {"max_tokens": 256}}
+    job = httpx.post(server + "/evaluations", json=body, timeout=60).json()
+    while job["status"] == "queued":
+        job = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
+    for name in before:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    deadline = time.time() + 300
+    while job["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+        job = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
+    assert job["status"] == "done", job
+    assert len(job["result"]["results"]) == 40
+    assert set(replicas()).isdisjoint(before)  # it really ran on a new replica
+    direct = evaluate(server, body).json()
+    assert [r["response"] for r in job["result"]["results"]] == [r["response"] for r in direct["results"]]
+
+
 def test_serve_run_cli_with_token_auth(server, ray_cluster, tmp_path):
     """`serve run serve_configs/evaluate.yaml` (the real CLI) answers; a configured token is enforced."""
     from ray import serve
@@ -154,7 +230,29 @@ def test_serve_run_cli_with_token_auth(server, ray_cluster, tmp_path):
         assert httpx.get(url + "/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = httpx.get(url + "/models", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and {m["name"] for m in ok.json()["models"]} == {"tiny-teacher", "tiny-student"}
-    finally:
+        # SIGINT while a long request is being served: `serve run` stops in seconds (it ignored
+        # SIGINT for 120 s while a replica was blocked).
+        long = threading.Thread(target=lambda: _quietly(lambda: httpx.post(
+            url + "/evaluate", headers={"Authorization": "Bearer s3cret"}, timeout=120,
+            json={"model": "tiny-teacher", "dataset": {"name": "synthetic", "split": "test", "limit": 1000}})), daemon=True)
+        long.start()
+        time.sleep(3)
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+        start = time.perf_counter()
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
+        stopped = time.perf_counter() - start
+        assert stopped < 25, f"serve run took {stopped:.1f} s to stop after SIGINT"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=60)
         serve.shutdown()
+
+
+def _quietly(call):
+    try:
+        call()
+    except httpx.HTTPError:
+        pass
+
