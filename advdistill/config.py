@@ -118,6 +118,9 @@ class EngineConfig(Section):
     enforce_eager: bool | None = Field(None, description="skip compilation/CUDA graphs (~20 s per start on CPU); "
                                                          "None = True on CPU, False on GPU")
     batch_size: int = Field(64, ge=1, description="prompts handed to the engine at once (scheduled together)")
+    concurrent_batches: int = Field(2, ge=1, description="batches one vLLM engine runs at once: the next batch's "
+                                                         "prompts start while the last one's longest samples finish "
+                                                         "(continuous feeding); 1 = one batch at a time")
     load_format: Literal["auto", "safetensors", "dummy"] = Field(
         "auto", description='vLLM weight loading; "dummy" = random weights from config.json alone (throughput '
                             "benchmarks of a real architecture without a checkpoint)")
@@ -132,6 +135,10 @@ class ResourcesConfig(Section):
     min_workers: int = Field(1, ge=1, description="lower bound of the actor pool (curate, evaluate)")
     max_workers: int | None = Field(None, description="upper bound of the actor pool; None = the cluster's GPUs "
                                                       "(CPU: 1)")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker (actor, Train worker, Serve replica) "
+                                          "needs, e.g. {inference: 1}: it then runs only on nodes that declare them "
+                                          "(cluster.yaml's node types), and the autoscaler starts such a node for it")
 
 
 class DatasetConfig(Section):
@@ -240,12 +247,28 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP address of `distill.py --serve`")
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port of `distill.py --serve`")
     checkpoint_root: str = Field(".", description="folder that served model paths must stay inside")
-    data_root: str = Field(".", description="folder that dataset paths in requests must stay inside")
+    data_root: str = Field("data", description="data folder that dataset paths in requests must stay inside "
+                                               "(relative: to the repository); never the repository itself")
     max_items: int = Field(2048, ge=1, description="items per request at most (413 beyond)")
     max_tokens_limit: int = Field(4096, ge=1, description="max_tokens a request may ask for (413 beyond)")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="request body size at most (413 beyond)")
+    max_dataset_bytes: int = Field(32 * 2**20, ge=1, description="size of a dataset file a request names, at "
+                                                                 "most (413 beyond)")
+    load_timeout_s: float = Field(30.0, gt=0, description="time a request may spend loading its dataset "
+                                                          "(504 beyond)")
+    allow_hub: bool = Field(False, description="let requests load datasets from the hub by name (with "
+                                               "load_timeout_s); off: only files inside data_root and built-in "
+                                               "generators")
     token_env: str = Field("ADVDISTILL_API_TOKEN", description="env var holding the API bearer token; unset or "
                                                                "empty = no auth")
+    jobs_folder: str = Field("runs/evaluations", description="where evaluation jobs (POST /evaluations) keep their "
+                                                             "state and results (relative: to the repository)")
+    max_concurrent_jobs: int = Field(2, ge=1, description="evaluation jobs running at once per API replica "
+                                                          "(429 beyond)")
     start_after_run: bool = Field(False, description="serve the run's checkpoints when distill.py ends")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each model replica of `distill.py --serve` needs "
+                                          "(e.g. {serve: 1}: replicas only on the node type that declares it)")
 
 
 class ExperimentConfig(Section):

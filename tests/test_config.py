@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from advdistill.cli import config_fields, config_help
+from advdistill.cli import RAY_ENV_DEFAULTS, config_fields, config_help, driver_env_vars
 from advdistill.config import ConfigError, ExperimentConfig, load_config, parse_override, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +99,17 @@ def test_every_field_says_what_it_is_in_help():
     text = config_help()
     assert "  train.loss.chunk_size = 1024  (int)\n      tokens per chunk" in text
     assert "  train.mode = 'advdistill'  (str)\n      training method" in text
+
+
+def test_driver_env_leaves_the_keys_a_submitted_job_sets_to_the_job(monkeypatch):
+    """Ray refuses to start a driver whose ray.init runtime env repeats a key of the job's own
+    (`ray job submit --runtime-env-json`): the job's value wins, the other defaults still apply."""
+    import json
+
+    first, second = list(RAY_ENV_DEFAULTS)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert set(driver_env_vars()) == {first, second}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {first: "5"}}}))
+    assert set(driver_env_vars()) == {second}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": None}))
+    assert set(driver_env_vars()) == {first, second}

@@ -54,9 +54,10 @@ def test_cluster_yaml_validates_against_the_autoscaler_schema():
 
     raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
     validate_config(prepare_config(raw))  # what `ray up` runs before touching a cloud
-    gpu = raw["available_node_types"]["gpu_worker"]
-    assert raw["provider"]["type"] == "aws" and gpu["min_workers"] == 0 and 0 < gpu["max_workers"] <= raw["max_workers"]
-    assert raw["idle_timeout_minutes"] > 0 and "InstanceMarketOptions" in gpu["node_config"]
+    workers = [t for name, t in raw["available_node_types"].items() if name != raw["head_node_type"]]
+    assert raw["provider"]["type"] == "aws" and workers
+    assert all(t["min_workers"] == 0 and 0 < t["max_workers"] <= raw["max_workers"] for t in workers)
+    assert raw["idle_timeout_minutes"] > 0 and any("InstanceMarketOptions" in t["node_config"] for t in workers)
     assert any("[gpu]" in c for c in raw["setup_commands"])
     start = " ".join(raw["head_start_ray_commands"])
     assert "RAY_AUTH_MODE=token" in start and "disabled" not in start
