@@ -265,6 +265,10 @@ class ServeConfig(Section):
                                                              "state and results (relative: to the repository)")
     max_concurrent_jobs: int = Field(2, ge=1, description="evaluation jobs running at once per API replica "
                                                           "(429 beyond)")
+    on_demand: bool = Field(True, description="requests may name any model folder under checkpoint_root (loaded on "
+                                              "first use, no redeploy); off: only the configured models")
+    max_models_per_replica: int = Field(2, ge=1, description="on-demand checkpoints one replica keeps loaded "
+                                                             "(Ray Serve model multiplexing, least recently used out)")
     start_after_run: bool = Field(False, description="serve the run's checkpoints when distill.py ends")
     custom: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each model replica of `distill.py --serve` needs "

@@ -269,7 +269,8 @@ def test_openapi_fuzzer_finds_no_5xx_and_no_schema_violation(server):
     from schemathesis import checks as st_checks
 
     raw = httpx.get(server + "/openapi.json").json()
-    raw["components"]["schemas"]["EvaluateRequest"]["properties"]["model"]["enum"] = [MODEL, "no-such-model"]
+    for request in ("EvaluateRequest", "CompletionRequest", "ChatCompletionRequest"):
+        raw["components"]["schemas"][request]["properties"]["model"]["enum"] = [MODEL, "no-such-model"]
     schema = schemathesis.openapi.from_dict(raw)
     failures, seen = [], {"requests": 0, "statuses": {}}
     checks = [st_checks.not_a_server_error, st_checks.status_code_conformance, st_checks.content_type_conformance,
@@ -279,7 +280,7 @@ def test_openapi_fuzzer_finds_no_5xx_and_no_schema_violation(server):
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            examples = 40 if operation.path == "/evaluate" else 5
+            examples = 40 if operation.path == "/evaluate" else 10 if operation.path.startswith("/v1/") else 5
 
             @settings(max_examples=examples, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
                       suppress_health_check=list(HealthCheck))
@@ -287,10 +288,10 @@ def test_openapi_fuzzer_finds_no_5xx_and_no_schema_violation(server):
             def run(case):
                 if time.time() > deadline:
                     return
-                if isinstance(case.body, dict) and isinstance(case.body.get("sampling"), dict):
-                    tokens = case.body["sampling"].get("max_tokens")
+                for where in (case.body, case.body.get("sampling") if isinstance(case.body, dict) else None):
+                    tokens = where.get("max_tokens") if isinstance(where, dict) else None
                     if isinstance(tokens, int) and not isinstance(tokens, bool) and 8 < tokens <= 160:
-                        case.body["sampling"]["max_tokens"] = 8  # generation stays short; limits still probed
+                        where["max_tokens"] = 8  # generation stays short; limits still probed
                 response = case.call(base_url=server, headers=AUTH, timeout=120)
                 seen["requests"] += 1
                 seen["statuses"][response.status_code] = seen["statuses"].get(response.status_code, 0) + 1

@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -48,16 +49,28 @@ def jobs_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, data_root, jobs_folder):
+def checkpoint_root(tmp_path_factory):
+    """A checkpoint root with copies of the tiny models (tests add new checkpoints to it while the
+    app runs), and a symlink that points out of it."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    for name in ("tiny-student", "tiny-teacher"):
+        shutil.copytree(REPO / "models" / name, root / "models" / name)
+    (root / "escape").symlink_to(REPO / "models")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, data_root, jobs_folder, checkpoint_root):
     from ray import serve
 
     from advdistill.serve.app import build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(REPO),
+    app = build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(checkpoint_root),
                      "data_root": str(data_root), "max_items": 40, "max_tokens_limit": 512,
-                     "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1,
+                     "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1, "max_models_per_replica": 1,
+                     "checkpoints_ray_actor_options": {"num_cpus": 0.5},
                      "models": [{"name": "tiny-student", "path": "models/tiny-student", "base_model": False},
                                 {"name": "tiny-teacher", "path": "models/tiny-teacher", "base_model": True}]})
     serve.run(app, name="advdistill", route_prefix="/")
@@ -84,6 +97,90 @@ def test_items_and_dataset_match_the_offline_evaluator(server, offline_test_metr
             assert body["metrics"][key] == offline[key], key
 
 
+def test_a_new_checkpoint_is_evaluated_without_redeploying(server, checkpoint_root):
+    """A folder written under the checkpoint root after the app was deployed (a new distill.py
+    export) is evaluated by naming its path: loaded on first use by the on-demand deployment (Ray
+    Serve multiplexing), with the same answers as the configured model of the same weights; the
+    replica keeps serve.max_models_per_replica (1 here) engines, least recently used out."""
+    body = {"items": ITEMS[:6], "sampling": {"max_tokens": 96}}
+    configured = evaluate(server, {"model": "tiny-student", **body})
+    assert configured.status_code == 200, configured.text
+    for name in ("runs/a/train-sft/final", "runs/b/train-advdistill/final"):
+        shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / name)
+    first = evaluate(server, {"model": "runs/a/train-sft/final", **body})
+    assert first.status_code == 200, first.text
+    assert [r["response"] for r in first.json()["results"]] == [r["response"] for r in configured.json()["results"]]
+    assert first.json()["model"] == "runs/a/train-sft/final"
+    listed = httpx.get(server + "/models").json()["on_demand"]
+    assert listed["loaded"] == ["runs/a/train-sft/final"] and listed["max_per_replica"] == 1
+    assert {"models/tiny-student", "models/tiny-teacher", "runs/a/train-sft/final",
+            "runs/b/train-advdistill/final"} <= set(listed["available"])
+    second = evaluate(server, {"model": "./runs/b/train-advdistill/final/", **body})
+    assert second.status_code == 200, second.text
+    assert httpx.get(server + "/models").json()["on_demand"]["loaded"] == ["runs/b/train-advdistill/final"]
+    # Nothing outside the root, nothing hidden, nothing that is not a model folder.
+    (checkpoint_root / ".hidden").mkdir(exist_ok=True)
+    shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / ".hidden" / "m", dirs_exist_ok=True)
+    for bad in ("../checkpoints", "escape/tiny-student", "/etc", ".hidden/m", "runs/a", "runs/none/final", "a\x00b"):
+        response = evaluate(server, {"model": bad, **body})
+        assert response.status_code in (404, 422), (bad, response.text)
+
+
+def test_openai_client_chat_completions_and_streams(server):
+    """The official `openai` client against /v1: a chat completion is what /evaluate generates for
+    the same prompt (both rendered with the model's chat template, greedy), a streamed one
+    concatenates to the same text, and sampled completions with a seed stream what they return."""
+    from advdistill.config import load_config
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
+    assert {"tiny-student", "tiny-teacher"} <= {m.id for m in client.models.list()}
+    system = load_config(REPO / "configs" / "tiny.yaml").prompt.system_prompt
+    item = ITEMS[0]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": item["question"]}]
+    chat = client.chat.completions.create(model="tiny-student", messages=messages, temperature=0, max_tokens=96)
+    via_evaluate = evaluate(server, {"model": "tiny-student", "items": [item], "sampling": {"max_tokens": 96}}).json()
+    assert chat.choices[0].message.content == via_evaluate["results"][0]["response"]
+    assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens > 0
+    assert chat.usage.prompt_tokens > 0 and chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+    pieces = list(client.chat.completions.create(model="tiny-student", messages=messages, temperature=0, max_tokens=96,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == chat.choices[0].message.content
+    assert len([c for c in pieces if c.choices and c.choices[0].delta.content]) > 1  # really incremental
+    assert pieces[-1].usage.completion_tokens == chat.usage.completion_tokens
+    prompt = "<|im_start|>user\n" + item["question"] + "<|im_end|>\n<|im_start|>assistant\n"
+    sampled = client.completions.create(model="tiny-teacher", prompt=prompt, n=2, temperature=0.9, seed=7, max_tokens=64)
+    assert len(sampled.choices) == 2 and {c.index for c in sampled.choices} == {0, 1}
+    streamed = {0: "", 1: ""}
+    for chunk in client.completions.create(model="tiny-teacher", prompt=prompt, n=2, temperature=0.9, seed=7,
+                                           max_tokens=64, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == {c.index: c.text for c in sampled.choices}
+    whole = client.completions.create(model="tiny-teacher", prompt=prompt, temperature=0, max_tokens=64)
+    stop = client.completions.create(model="tiny-teacher", prompt=prompt, temperature=0, max_tokens=64, stop=["\n"])
+    assert "\n" in whole.choices[0].text and stop.choices[0].finish_reason == "stop"
+    assert stop.choices[0].text == whole.choices[0].text.split("\n")[0]
+
+
+@pytest.mark.parametrize("path, body, status, needle", [
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "logprobs": 5}, 422, "logprobs"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "echo": True}, 422, "echo"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "n": 2, "temperature": 0}, 422, "greedy"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "max_tokens": 513}, 413, "max_tokens"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "word " * 3000}, 422, "too long"),
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "unknown model"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": []}, 422, "messages"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "tool", "content": "x"}]}, 422, "role"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "user", "content": "x"}],
+                              "temperature": float("nan")}, 422, "temperature"),
+])
+def test_openai_routes_refuse_what_they_cannot_honour(server, path, body, status, needle):
+    response = httpx.post(server + path, content=__import__("json").dumps(body), timeout=60,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert needle in response.text
+
+
 def test_models_healthz_and_docs(server):
     models = httpx.get(server + "/models").json()["models"]
     assert {m["name"]: m["few_shot"] for m in models} == {"tiny-student": 0, "tiny-teacher": 0}
@@ -95,7 +192,8 @@ def test_models_healthz_and_docs(server):
                for path, ops in spec["paths"].items() for method in ops}
     assert returns == {("get", "/healthz"): "Health", ("get", "/models"): "ModelList",
                        ("post", "/evaluate"): "EvaluateResponse", ("post", "/evaluations"): "EvaluationJob",
-                       ("get", "/evaluations/{job_id}"): "EvaluationJob"}
+                       ("get", "/evaluations/{job_id}"): "EvaluationJob", ("get", "/v1/models"): "OpenAIModelList",
+                       ("post", "/v1/completions"): "Completion", ("post", "/v1/chat/completions"): "ChatCompletion"}
     assert httpx.get(server + "/docs").status_code == 200
 
 
@@ -230,6 +328,10 @@ def test_serve_run_cli_with_token_auth(server, ray_cluster, tmp_path):
         assert httpx.get(url + "/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = httpx.get(url + "/models", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and {m["name"] for m in ok.json()["models"]} == {"tiny-teacher", "tiny-student"}
+        assert httpx.get(url + "/v1/models").status_code == 401  # the OpenAI routes take the same token
+        assert httpx.post(url + "/v1/chat/completions", json={}).status_code == 401
+        client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret")
+        assert {m.id for m in client.models.list()} >= {"tiny-teacher", "tiny-student"}
         # SIGINT while a long request is being served: `serve run` stops in seconds (it ignored
         # SIGINT for 120 s while a replica was blocked).
         long = threading.Thread(target=lambda: _quietly(lambda: httpx.post(

@@ -10,7 +10,8 @@ Both stop at the end of the model's turn — the chat template's end-of-turn tok
 tokenizer's EOS (`advdistill.prompts.end_of_turn_token_ids`) — and return, per prompt, a list of
 `Completion(text, num_tokens, finish_reason)`, where finish_reason is "stop" (end of turn or EOS)
 or "length" (cut at `max_tokens`) and num_tokens counts the generated tokens, the stop token
-included.
+included. `stream` gives one prompt's choices as they are generated (`Delta`s of new text), for
+the OpenAI-compatible API; `close` frees the engine (Serve unloads on-demand checkpoints with it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from advdistill.config import EngineConfig, SamplingConfig
 from advdistill.generation.step_loop import StepLoop
@@ -36,6 +37,16 @@ class Completion:
     finish_reason: str  # schema.FinishReason: "stop" | "length"
 
 
+@dataclass(frozen=True)
+class Delta:
+    """New text of one choice of a streamed prompt; `finish_reason` is set on the choice's last."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class GenerationParams:
     """Sampling for one call; temperature 0 means greedy (and then n must be 1). The neutral
@@ -47,10 +58,12 @@ class GenerationParams:
     top_p: float = 1.0
     top_k: int = -1  # -1 = no top-k
     ignore_eos: bool = False  # always generate max_tokens (benchmarks)
+    stop: tuple[str, ...] = ()  # stop strings (the OpenAI API's `stop`); the text ends before them
 
     def __post_init__(self) -> None:
         if self.temperature == 0 and self.n != 1:
             raise ValueError("greedy decoding (temperature 0) gives one distinct sample: use n=1")
+        object.__setattr__(self, "stop", tuple(self.stop))
 
     @classmethod
     def from_sampling(cls, s: SamplingConfig) -> "GenerationParams":
@@ -65,6 +78,10 @@ class Engine(Protocol):
     def generate(
         self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
     ) -> list[list[Completion]]: ...
+
+    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]: ...
+
+    def close(self) -> None: ...
 
 
 def vllm_available() -> bool:
@@ -131,27 +148,28 @@ class VLLMEngine:
         self.stop_token_ids = list(end_of_turn_token_ids(self.tokenizer))
         self.step_loop = StepLoop(self.llm) if continuous else None
 
+    def _sampling(self, params: GenerationParams, seed: int | None) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            max_tokens=params.max_tokens,
+            ignore_eos=params.ignore_eos,
+            # ignore_eos does not lift stop_token_ids: fixed-length runs pass none.
+            stop_token_ids=[] if params.ignore_eos else self.stop_token_ids,
+            stop=list(params.stop) or None,
+            seed=None if seed is None else int(seed),
+        )
+
     def generate(
         self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
     ) -> list[list[Completion]]:
-        from vllm import SamplingParams
-
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("one seed per prompt")
-        sampling = [
-            SamplingParams(
-                n=params.n,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k if params.top_k > 0 else -1,
-                max_tokens=params.max_tokens,
-                ignore_eos=params.ignore_eos,
-                # ignore_eos does not lift stop_token_ids: fixed-length runs pass none.
-                stop_token_ids=[] if params.ignore_eos else self.stop_token_ids,
-                seed=None if seeds is None else int(seeds[i]),
-            )
-            for i in range(len(prompts))
-        ]
+        sampling = [self._sampling(params, None if seeds is None else seeds[i]) for i in range(len(prompts))]
         if self.step_loop is not None:
             outputs = self.step_loop.generate(list(prompts), sampling)
         else:
@@ -163,6 +181,30 @@ class VLLMEngine:
             ]
             for out in outputs
         ]
+
+    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
+        """Each choice's new text as the engine steps (through the step loop, beside other calls)."""
+        loop = self.step_loop or StepLoop(self.llm)  # a blocking engine streams through a loop of its own
+        outputs = loop.stream(prompt, self._sampling(params, seed))
+        try:
+            for output in outputs:
+                for o in output.outputs:
+                    finish = None if o.finish_reason is None else (TRUNCATED if o.finish_reason == "length" else ENDED)
+                    yield Delta(o.index, o.text, len(o.token_ids), finish)
+        finally:
+            outputs.close()  # stopped early: the loop aborts the request
+            if loop is not self.step_loop:
+                loop.close()
+
+    def close(self) -> None:
+        """Stop the step loop and drop the engine, so its memory can be freed."""
+        import gc
+
+        if self.step_loop is not None:
+            self.step_loop.close()
+            self.step_loop = None
+        self.llm = None
+        gc.collect()
 
 
 class HFEngine:
@@ -222,6 +264,10 @@ class HFEngine:
             # No stop token means generation ran to max_new_tokens.
             finish = ENDED if end is not None else TRUNCATED
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+            if cut >= 0:  # a stop string ends the text (after the fact: transformers decodes on)
+                text, finish = text[:cut], ENDED
+                kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             completions.append(Completion(text, len(kept), finish))
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
@@ -236,6 +282,15 @@ class HFEngine:
                 results.extend(self._run(prompts[start : start + self.cfg.batch_size], params, None))
             return results
         return [self._run([p], params, None if seeds is None else int(seeds[i]))[0] for i, p in enumerate(prompts)]
+
+    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
+        """transformers generates the whole completion first: each choice arrives as one delta."""
+        [choices] = self.generate([prompt], params, None if seed is None else [seed])
+        for index, c in enumerate(choices):
+            yield Delta(index, c.text, c.num_tokens, c.finish_reason)
+
+    def close(self) -> None:
+        self.model = None
 
 
 def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> Engine:

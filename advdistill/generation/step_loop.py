@@ -11,13 +11,19 @@ requests are done. The number in flight is bounded by the callers: at most that 
 vLLM's `LLMEngine` is not thread-safe, so only the loop thread touches it (`LLM.enqueue`, which
 renders prompts and adds requests exactly as `LLM.generate` does, and `LLMEngine.step`). Sampling
 is seeded per request, so a prompt's samples do not depend on which batch it ran beside.
+
+`stream` is the same loop for one request whose partial outputs the caller wants as they come
+(the OpenAI-compatible API's `stream: true`): it is added with `LLMEngine.add_request` and
+`output_kind=DELTA` (`LLM.enqueue` forces final-only outputs), and every step's new text for it is
+handed to the caller's queue.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 
 class EngineLoopError(RuntimeError):
@@ -60,6 +66,8 @@ class StepLoop:
         self._llm = llm
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: dict[str, tuple[_Call, int]] = {}
+        self._streams: dict[str, queue.SimpleQueue] = {}
+        self._stream_ids = itertools.count()
         self._broken: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="vllm-step-loop", daemon=True)
         self._thread.start()
@@ -79,11 +87,55 @@ class StepLoop:
             raise call.error
         return call.outputs
 
+    def stream(self, prompt: str, sampling: Any) -> Iterator[Any]:
+        """The request's `RequestOutput`s step by step (DELTA: each holds one choice's new text),
+        until the last; blocks between steps. `sampling` is changed to DELTA outputs."""
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._broken is not None:
+            raise EngineLoopError(f"the engine's step loop stopped: {self._broken!r}") from self._broken
+        sampling.output_kind = RequestOutputKind.DELTA
+        request_id = f"stream-{next(self._stream_ids)}"
+        outputs: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox.put((request_id, prompt, sampling, outputs))
+        finished = False
+        try:
+            while True:
+                try:
+                    item = outputs.get(timeout=1.0)
+                except queue.Empty:
+                    if not self._thread.is_alive():
+                        raise EngineLoopError(f"the engine's step loop stopped: {self._broken!r}") from None
+                    continue
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:  # the caller stopped reading (a client gone): the engine drops the request
+                self._inbox.put(("abort", request_id))
+
     def close(self) -> None:
         self._inbox.put(_STOP)
         self._thread.join(timeout=30)
 
-    def _admit(self, item: tuple[list[str], list[Any], _Call]) -> None:
+    def _admit(self, item: tuple) -> None:
+        if len(item) == 2:  # ("abort", request id) of a stream nobody reads any more
+            if self._streams.pop(item[1], None) is not None:
+                self._llm.llm_engine.abort_request([item[1]])
+            return
+        if len(item) == 4:  # a streamed request
+            request_id, prompt, sampling, outputs = item
+            try:
+                self._llm.llm_engine.add_request(request_id, prompt, sampling)
+            except Exception as err:  # noqa: BLE001 - a bad request fails its own stream only
+                outputs.put(err)
+                return
+            self._streams[request_id] = outputs
+            return
         prompts, sampling, call = item
         try:
             ids = self._llm.enqueue(prompts, sampling, use_tqdm=False)
@@ -118,7 +170,12 @@ class StepLoop:
                 self._fail_all(EngineLoopError(f"the engine's step failed: {err!r}"))
                 return
             for output in outputs:
-                if output.finished and output.request_id in self._waiting:
+                stream = self._streams.get(output.request_id)
+                if stream is not None:
+                    stream.put(output)
+                    if output.finished:
+                        del self._streams[output.request_id]
+                elif output.finished and output.request_id in self._waiting:
                     call, position = self._waiting.pop(output.request_id)
                     call.deliver(position, output)
 
@@ -127,10 +184,17 @@ class StepLoop:
         self._waiting.clear()
         for call in calls.values():
             call.fail(error)
+        for stream in self._streams.values():
+            stream.put(error)
+        self._streams.clear()
         while True:  # calls that arrived but were never admitted
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if item is not _STOP:
+            if item is _STOP:
+                continue
+            if len(item) == 4:
+                item[3].put(error)
+            elif len(item) == 3:
                 item[2].fail(error)

@@ -44,10 +44,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -57,9 +59,24 @@ from advdistill.data.loaders import DATASET_SUFFIXES, DatasetError, checked_reco
 from advdistill.evaluation.evaluator import score_predictions
 from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.generation.engines import GenerationParams
-from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows
-from advdistill.prompts import exemplars_for
+from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows, prompt_tokens, too_long_reason
+from advdistill.prompts import exemplars_for, render_prompt
 from advdistill.serve.guard import RequestGuard, bearer_ok, inside, inside_location, is_file
+from advdistill.serve.openai_compat import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIModel,
+    OpenAIModelList,
+    chat_chunk,
+    chat_completion,
+    completion_chunk,
+    new_id,
+    sse,
+    usage_chunk,
+)
+from advdistill.serve.openai_compat import Completion as OpenAICompletion
+from advdistill.serve.openai_compat import completion as openai_completion
 from advdistill.serve.jobs import HEARTBEAT_S, JobStore, job_state, new_job_id
 from advdistill.serve.schemas import (
     AUTH_RESPONSES,
@@ -72,13 +89,14 @@ from advdistill.serve.schemas import (
     Health,
     JOB_LIMIT_RESPONSE,
     ModelList,
+    OnDemand,
     RequestInvalid,
     excerpt,
     issue,
     on_request_invalid,
     on_validation_error,
 )
-from advdistill.storage import is_uri
+from advdistill.storage import is_uri, location
 from advdistill.tasks import BadRow, get_task, task_names
 
 api = FastAPI(
@@ -99,27 +117,51 @@ GRACEFUL_SHUTDOWN_S = 5.0
 REPLICA_ATTEMPTS = 3  # tries of one chunk when its model replica dies under it
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64,
-                  graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S, graceful_shutdown_wait_loop_s=0.5)
-class ModelServer:
-    """One model, one engine; chunks from concurrent requests are merged into engine calls."""
+class Generating:
+    """What a model replica does with its engine: `generate` (evaluation chunks, merged across
+    concurrent requests by `@serve.batch`), `complete` and `stream` (raw prompts, the OpenAI
+    routes). Subclasses say which engine serves a request (`_engine`)."""
 
-    def __init__(self, path: str, cfg: dict[str, Any]):
-        from advdistill.generation.engines import make_engine
+    cfg: ExperimentConfig
 
-        self.cfg = ExperimentConfig.model_validate(cfg)
-        self.engine = make_engine(path, self.cfg.eval.engine)
+    async def _engine(self) -> Any:
+        raise NotImplementedError
 
     async def generate(self, records: list[dict[str, Any]], params: dict[str, Any], few_shot: int) -> dict[str, Any]:
         """{"rows": generated rows} or {"error": why, "client": whether the request is at fault}."""
         return await self._batched((records, params, few_shot))
 
-    def _generate(self, records: list[dict[str, Any]], params: GenerationParams, few_shot: int, seed: int):
-        return generate_rows(self.engine, records, params, prompt=self.cfg.prompt, few_shot=few_shot, seed=seed,
+    async def complete(self, prompts: list[str], params: dict[str, Any], seed: int | None) -> list[list[dict[str, Any]]]:
+        """Each prompt's choices as {text, num_tokens, finish_reason} (the prompts as given)."""
+        engine = await self._engine()
+        outputs = await asyncio.to_thread(engine.generate, prompts, GenerationParams(**params),
+                                          None if seed is None else [seed] * len(prompts))
+        return [[{"text": c.text, "num_tokens": c.num_tokens, "finish_reason": c.finish_reason} for c in choices]
+                for choices in outputs]
+
+    async def stream(self, prompt: str, params: dict[str, Any], seed: int | None):
+        """The prompt's choices as they are generated: {index, text, num_tokens, finish_reason}."""
+        engine = await self._engine()
+        deltas = engine.stream(prompt, GenerationParams(**params), seed)
+        end = object()
+        try:
+            while (delta := await asyncio.to_thread(next, deltas, end)) is not end:
+                yield {"index": delta.index, "text": delta.text, "num_tokens": delta.num_tokens,
+                       "finish_reason": delta.finish_reason}
+        finally:
+            try:
+                deltas.close()  # a client gone mid-stream: the engine drops the request
+            except ValueError:  # still running in its thread: it ends at max_tokens
+                pass
+
+    def _generate(self, engine: Any, records: list[dict[str, Any]], params: GenerationParams, few_shot: int, seed: int):
+        return generate_rows(engine, records, params, prompt=self.cfg.prompt, few_shot=few_shot, seed=seed,
                              max_model_len=self.cfg.eval.engine.max_model_len)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _batched(self, calls: list[tuple[list[dict[str, Any]], dict[str, Any], int]]) -> list[dict[str, Any]]:
+        # One batch holds one model's calls (Serve splits batches by multiplexed model id).
+        engine = await self._engine()
         results: list[dict[str, Any]] = [{"rows": []} for _ in calls]
         # Calls with the same sampling run as one engine call.
         by_params: dict[str, list[int]] = {}
@@ -136,11 +178,11 @@ class ModelServer:
                 continue
             try:
                 # vLLM's offline engine is synchronous: keep the replica's event loop free meanwhile.
-                rows = await asyncio.to_thread(self._generate, [r for i in indices for r in calls[i][0]], params,
-                                               few_shot, seed)
+                rows = await asyncio.to_thread(self._generate, engine, [r for i in indices for r in calls[i][0]],
+                                               params, few_shot, seed)
             except Exception:  # noqa: BLE001 - one call's bad input must not fail the others merged with it
                 for i in indices:
-                    results[i] = await self._alone(calls[i][0], params, few_shot, seed)
+                    results[i] = await self._alone(engine, calls[i][0], params, few_shot, seed)
                 continue
             at = 0
             for i in indices:
@@ -149,17 +191,132 @@ class ModelServer:
                 at += n
         return results
 
-    async def _alone(self, records: list[dict[str, Any]], params: GenerationParams, few_shot: int,
+    async def _alone(self, engine: Any, records: list[dict[str, Any]], params: GenerationParams, few_shot: int,
                      seed: int) -> dict[str, Any]:
         try:
-            return {"rows": await asyncio.to_thread(self._generate, records, params, few_shot, seed)}
+            return {"rows": await asyncio.to_thread(self._generate, engine, records, params, few_shot, seed)}
         except (PromptTooLong, ValueError) as err:
             return {"error": str(err), "client": True}
         except Exception as err:  # noqa: BLE001
             return {"error": f"{type(err).__name__}: {err}", "client": False}
 
 
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64,
+                  graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S, graceful_shutdown_wait_loop_s=0.5)
+class ModelServer(Generating):
+    """One configured model, one engine."""
+
+    def __init__(self, path: str, cfg: dict[str, Any]):
+        from advdistill.generation.engines import make_engine
+
+        self.cfg = ExperimentConfig.model_validate(cfg)
+        self.engine = make_engine(path, self.cfg.eval.engine)
+
+    async def _engine(self) -> Any:
+        return self.engine
+
+
+class LoadedCheckpoint:
+    """An on-demand checkpoint's engine; Serve's multiplexer calls `__del__` when it evicts it
+    (least recently used first), which frees the engine. Idempotent: garbage collection may call
+    it again."""
+
+    def __init__(self, engine: Any, on_close: Callable[[], None]):
+        self.engine, self._on_close = engine, on_close
+
+    def __del__(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.close()
+            self._on_close()
+
+
+def checkpoint_server(max_models_per_replica: int):
+    """The deployment that serves any checkpoint folder under the checkpoint root on demand
+    (Ray Serve model multiplexing: the model id is the folder, relative to the root; each replica
+    keeps at most `max_models_per_replica` engines, least recently used out)."""
+
+    @serve.deployment(name="checkpoints", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64,
+                      graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S, graceful_shutdown_wait_loop_s=0.5)
+    class CheckpointServer(Generating):
+        def __init__(self, root: str, cfg: dict[str, Any]):
+            self.root, self.cfg = root, ExperimentConfig.model_validate(cfg)
+            self.loaded_ids: list[str] = []  # this replica's engines, oldest use first
+
+        @serve.multiplexed(max_num_models_per_replica=max_models_per_replica)
+        async def load(self, model_id: str) -> LoadedCheckpoint:
+            from advdistill.generation.engines import make_engine
+
+            path = inside_location(self.root, model_id) if is_uri(self.root) else inside(Path(self.root), model_id)
+            if path is None:  # the ingress checked it; a direct handle call may not have
+                raise ValueError(f"{model_id!r} is not inside the checkpoint root")
+            engine = await asyncio.to_thread(make_engine, str(path), self.cfg.eval.engine)
+            self.loaded_ids.append(model_id)
+            return LoadedCheckpoint(engine, lambda: self._forget(model_id))
+
+        def _forget(self, model_id: str) -> None:
+            if model_id in self.loaded_ids:
+                self.loaded_ids.remove(model_id)
+
+        async def _engine(self) -> Any:
+            model_id = serve.get_multiplexed_model_id()
+            loaded = await self.load(model_id)
+            self._forget(model_id)
+            self.loaded_ids.append(model_id)  # most recently used last, as Serve's LRU orders them
+            return loaded.engine
+
+        async def loaded(self) -> list[str]:
+            return list(self.loaded_ids)
+
+    return CheckpointServer
+
+
 # ------------------------------------------------------------------------------ the ingress
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a request's `model` names: a configured model, or a checkpoint folder under the
+    checkpoint root served on demand (`model_id` its path relative to the root)."""
+
+    name: str
+    handle: Any
+    few_shot: int
+    tokenizer: Any | None
+
+
+MAX_AVAILABLE_LISTED = 200  # checkpoint folders GET /models lists
+AVAILABLE_DEPTH = 5  # how deep under the checkpoint root it looks (runs/NAME/seed-0/train-sft/final)
+
+
+def checkpoint_folders(root: str, depth: int = AVAILABLE_DEPTH, limit: int = MAX_AVAILABLE_LISTED) -> list[str]:
+    """Model folders (a config.json beside weights) under `root`, relative to it: what requests
+    may name. Hidden folders are never entered."""
+    from advdistill.storage import location
+
+    base, found, frontier = location(root), [], [(location(root), 0)]
+    while frontier and len(found) < limit:
+        folder, level = frontier.pop(0)
+        try:
+            entries = sorted(folder.iterdir(), key=lambda e: e.name)
+        except (OSError, FileNotFoundError):
+            continue
+        names = {e.name for e in entries}
+        if "config.json" in names and any(n.endswith(".safetensors") or n.endswith(".bin") for n in names):
+            found.append(str(folder)[len(str(base)):].strip("/") or ".")
+            continue
+        if level < depth:
+            frontier += [(e, level + 1) for e in entries if not e.name.startswith(".") and e.is_dir()]
+    return found
+
+
+@lru_cache(maxsize=16)
+def checkpoint_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from advdistill.storage import local_model
+
+    return AutoTokenizer.from_pretrained(local_model(path, weights=False))
 
 
 @dataclass(frozen=True)
@@ -168,6 +325,7 @@ class Plan:
     and what was left out (dataset requests only; None for items)."""
 
     model: str
+    handle: Any  # the model's replicas (a configured model's deployment, or the checkpoints one)
     records: list[dict[str, Any]]
     group_by: str | None
     quarantined: list[dict[str, Any]] | None
@@ -180,7 +338,7 @@ class Plan:
 @serve.ingress(api)
 class EvaluateAPI:
     def __init__(self, models: dict[str, Any], descriptions: list[dict[str, Any]], cfg: dict[str, Any],
-                 tokenizer_paths: dict[str, str] | None = None):
+                 tokenizer_paths: dict[str, str] | None = None, checkpoints: Any = None):
         from transformers import AutoTokenizer
 
         from advdistill.scoring.math_verify_pool import warm_up
@@ -188,6 +346,8 @@ class EvaluateAPI:
         warm_up()  # this replica scores every answer: start math-verify's workers before the first one
         self.models = models
         self.descriptions = {d["name"]: d for d in descriptions}
+        self.checkpoints = checkpoints  # any checkpoint folder under the root, on demand (None: off)
+        self.started = int(time.time())
         self.cfg = ExperimentConfig.model_validate(cfg)
         self.token = os.environ.get(self.cfg.serve.token_env) or None
         # Prompts are checked against each model's context with its own tokenizer, here, before
@@ -219,7 +379,14 @@ class EvaluateAPI:
     @api.get("/models", responses=AUTH_RESPONSES)
     async def list_models(self, request: Request) -> ModelList:
         self._authorize(request)
-        return ModelList(models=list(self.descriptions.values()))
+        on_demand = None
+        if self.checkpoints is not None:
+            root = self.cfg.serve.checkpoint_root
+            available, loaded = await asyncio.gather(self._off_loop(checkpoint_folders, root),
+                                                     self.checkpoints.loaded.remote())
+            on_demand = OnDemand(max_per_replica=self.cfg.serve.max_models_per_replica, loaded=loaded,
+                                 available=available)
+        return ModelList(models=list(self.descriptions.values()), on_demand=on_demand)
 
     @api.post("/evaluate", responses=ERROR_RESPONSES)
     async def evaluate(self, body: EvaluateRequest, request: Request) -> EvaluateResponse:
@@ -250,6 +417,123 @@ class EvaluateAPI:
         except KeyError:
             raise HTTPException(404, f"no evaluation job {excerpt(job_id, 40)!r}") from None
         return EvaluationJob.model_validate(state)
+
+    # -- the OpenAI-compatible routes (`serve.openai_compat`) -------------------------------
+
+    @api.get("/v1/models", responses=AUTH_RESPONSES)
+    async def openai_models(self, request: Request) -> OpenAIModelList:
+        self._authorize(request)
+        names = list(self.models)
+        if self.checkpoints is not None:
+            names += [m for m in await self.checkpoints.loaded.remote() if m not in names]
+        return OpenAIModelList(data=[OpenAIModel(id=name, created=self.started) for name in names])
+
+    @api.post("/v1/completions", responses=ERROR_RESPONSES)
+    async def openai_completions(self, body: CompletionRequest, request: Request) -> OpenAICompletion:
+        """Prompts as given (no chat template); `stream: true` answers server-sent events."""
+        self._authorize(request)
+        served = await self._served(body.model)
+        params = self._openai_params(body, body.max_tokens, len(body.prompt))
+        counts = await self._openai_context(served, body.prompt, params["max_tokens"], "prompt")
+        if body.stream:
+            return self._openai_stream(served, body, body.prompt, params, sum(counts), chat=False)
+        choices = await self._complete(served, body.prompt, params, body.seed)
+        return openai_completion(served.name, choices, sum(counts))
+
+    @api.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+    async def openai_chat(self, body: ChatCompletionRequest, request: Request) -> ChatCompletion:
+        """Messages rendered with the model's own chat template; `stream: true` answers events."""
+        self._authorize(request)
+        served = await self._served(body.model)
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.cfg.eval.max_tokens
+        params = self._openai_params(body, max_tokens, 1)
+        # The same rendering as every other prompt of the project (`prompts.render_prompt`: the
+        # model's chat template, or a plain transcript for a tokenizer without one).
+        messages = [m.model_dump(exclude={"name"}) for m in body.messages]
+        prompt = await self._off_loop(render_prompt, served.tokenizer, messages)
+        counts = await self._openai_context(served, [prompt], params["max_tokens"], "messages")
+        if body.stream:
+            return self._openai_stream(served, body, [prompt], params, counts[0], chat=True)
+        [choices] = await self._complete(served, [prompt], params, body.seed)
+        return chat_completion(served.name, choices, counts[0])
+
+    def _openai_params(self, body: Any, max_tokens: int, prompts: int) -> dict[str, Any]:
+        limits = self.cfg.serve
+        if max_tokens > limits.max_tokens_limit:
+            raise HTTPException(413, f"max_tokens {max_tokens} exceeds the limit of {limits.max_tokens_limit}")
+        if prompts * body.n > limits.max_items:
+            raise HTTPException(413, f"{prompts} prompts x n={body.n} exceed the limit of {limits.max_items} per request")
+        params = {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens,
+                  "stop": list(body.stop or [])}
+        try:
+            GenerationParams(**params)
+        except ValueError as err:
+            raise RequestInvalid([issue(["body", "n"], str(err), value=body.n)]) from None
+        return params
+
+    async def _openai_context(self, served: Served, prompts: list[str], max_tokens: int, field: str) -> list[int]:
+        """Prompt token counts; a prompt that leaves no room for max_tokens is a 422 naming it."""
+        if served.tokenizer is None:
+            return [0] * len(prompts)
+        counts = await self._off_loop(prompt_tokens, served.tokenizer, prompts)
+        limit = self.cfg.eval.engine.max_model_len
+        over = [issue(["body", field] + ([i] if field == "prompt" else []), too_long_reason(n, limit, max_tokens))
+                for i, n in enumerate(counts) if n + max_tokens > limit]
+        if over:
+            raise RequestInvalid(over)
+        return counts
+
+    async def _complete(self, served: Served, prompts: list[str], params: dict[str, Any],
+                        seed: int | None) -> list[list[dict[str, Any]]]:
+        for attempt in range(1, REPLICA_ATTEMPTS + 1):
+            try:
+                return await served.handle.complete.remote(prompts, params, seed)
+            except (RayActorError, ActorUnavailableError):
+                if attempt == REPLICA_ATTEMPTS:
+                    raise HTTPException(503, f"the model's replicas failed {attempt} times") from None
+            except ValueError as err:  # the engine refused the request (vLLM's own validation)
+                raise RequestInvalid([issue(["body"], str(err))]) from None
+            except Exception as err:  # noqa: BLE001 - an engine failure is the server's, never a bare 500
+                raise HTTPException(503, f"generation failed: {excerpt(f'{type(err).__name__}: {err}', 300)}") from None
+        raise AssertionError("unreachable")
+
+    def _openai_stream(self, served: Served, body: Any, prompts: list[str], params: dict[str, Any],
+                       prompt_tokens_total: int, *, chat: bool) -> StreamingResponse:
+        """Server-sent events as OpenAI streams them: a chunk per piece of new text (chat: the
+        role first), the finish reason on a choice's last chunk, usage if asked, then [DONE]."""
+        stream_id, created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+        handle = served.handle.options(stream=True)
+
+        async def events():
+            tokens, started = 0, set()
+            try:
+                for p, prompt in enumerate(prompts):
+                    async for delta in handle.stream.remote(prompt, params, body.seed):
+                        index = p * body.n + delta["index"]
+                        tokens += delta["num_tokens"]
+                        if chat:
+                            if index not in started:
+                                started.add(index)
+                                yield sse(chat_chunk(stream_id, created, served.name, index,
+                                                     {"role": "assistant", "content": ""}, None))
+                            if delta["text"]:
+                                yield sse(chat_chunk(stream_id, created, served.name, index,
+                                                     {"content": delta["text"]}, None))
+                            if delta["finish_reason"]:
+                                yield sse(chat_chunk(stream_id, created, served.name, index, {},
+                                                     delta["finish_reason"]))
+                        else:
+                            yield sse(completion_chunk(stream_id, created, served.name, index, delta["text"],
+                                                       delta["finish_reason"]))
+            except Exception as err:  # noqa: BLE001 - the status line is sent: report in the stream
+                yield sse({"error": {"message": excerpt(f"{type(err).__name__}: {err}", 300), "type": "server_error"}})
+                return
+            if body.stream_options is not None and body.stream_options.include_usage:
+                yield sse(usage_chunk(stream_id, created, served.name, "chat.completion.chunk" if chat
+                                      else "text_completion", prompt_tokens_total, tokens))
+            yield sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def _run_job(self, state: dict[str, Any], plan: "Plan") -> None:
         state["status"] = "running"
@@ -286,8 +570,7 @@ class EvaluateAPI:
 
     async def _plan(self, body: EvaluateRequest) -> "Plan":
         """Every check before generation; what to generate and how."""
-        if body.model not in self.models:
-            raise HTTPException(404, f"unknown model {body.model!r}; served: {sorted(self.models)}")
+        served = await self._served(body.model)
         limits = self.cfg.serve
         max_tokens = body.sampling.max_tokens or self.cfg.eval.max_tokens
         if max_tokens > limits.max_tokens_limit:
@@ -295,18 +578,19 @@ class EvaluateAPI:
         if body.items is not None and len(body.items) > limits.max_items:
             raise HTTPException(413, f"{len(body.items)} items exceed the limit of {limits.max_items} per request")
         records, group_by, quarantined = await self._records(body)
-        few_shot = body.sampling.few_shot if body.sampling.few_shot is not None else self.descriptions[body.model]["few_shot"]
+        few_shot = body.sampling.few_shot if body.sampling.few_shot is not None else served.few_shot
         self._check_few_shot(records, few_shot)
-        records, quarantined = await self._fit_context(body, records, few_shot, max_tokens, quarantined)
+        records, quarantined = await self._fit_context(body, served, records, few_shot, max_tokens, quarantined)
         temperature = body.sampling.temperature if body.sampling.temperature is not None else self.cfg.eval.temperature
         params = {"n": 1, "temperature": temperature, "top_p": 1.0, "max_tokens": max_tokens, "seed": body.sampling.seed}
-        return Plan(body.model, records, group_by, quarantined if body.dataset is not None else None, few_shot, params)
+        return Plan(body.model, served.handle, records, group_by, quarantined if body.dataset is not None else None,
+                    few_shot, params)
 
     async def _execute(self, plan: "Plan", progress: Callable[[int], Awaitable[None]] | None = None) -> EvaluateResponse:
         """Generate in chunks on the model's replicas, score here; `progress(items generated)`
         after each chunk."""
         size = self.cfg.eval.engine.batch_size
-        handle = self.models[plan.model]
+        handle = plan.handle
         done = 0
 
         async def chunk(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -343,6 +627,29 @@ class EvaluateAPI:
 
     # -- the checks before generation ------------------------------------------------------
 
+    async def _served(self, model: str) -> Served:
+        """A configured model by name, else a checkpoint folder under the checkpoint root (served
+        on demand); 404 for anything else, and for any path that leaves the root."""
+        if model in self.models:
+            return Served(model, self.models[model], self.descriptions[model]["few_shot"], self.tokenizers.get(model))
+        root = self.cfg.serve.checkpoint_root
+        path = None
+        if self.checkpoints is not None and not any(p.startswith(".") and p not in (".", "..") for p in Path(model).parts):
+            path = inside_location(root, model.strip("/")) if is_uri(root) else inside(Path(root), model)
+        found = path is not None and await self._off_loop(lambda: (path / "config.json").is_file())
+        if not found:
+            also = " or a checkpoint folder under the checkpoint root" if self.checkpoints is not None else ""
+            raise HTTPException(404, f"unknown model {excerpt(model, 200)!r}: give a served name{also}; served: "
+                                     f"{sorted(self.models)}")
+        model_id = str(path)[len(str(location(root))):].strip("/") if is_uri(root) else path.relative_to(
+            Path(root).resolve()).as_posix()
+        try:
+            tokenizer = await self._off_loop(checkpoint_tokenizer, str(path))
+        except Exception as err:  # noqa: BLE001 - a folder that is not a loadable model
+            raise HTTPException(404, f"{excerpt(model, 200)!r} is not a loadable checkpoint: "
+                                     f"{excerpt(f'{type(err).__name__}: {err}', 200)}") from None
+        return Served(model_id, self.checkpoints.options(multiplexed_model_id=model_id), 0, tokenizer)
+
     def _check_few_shot(self, records: list[dict[str, Any]], few_shot: int) -> None:
         for task in sorted({r["task"] for r in records}):
             try:
@@ -351,11 +658,12 @@ class EvaluateAPI:
                 raise RequestInvalid([issue(["body", "sampling", "few_shot"], f"task {task}: {err}",
                                             value=str(few_shot))]) from None
 
-    async def _fit_context(self, body: EvaluateRequest, records: list[dict[str, Any]], few_shot: int, max_tokens: int,
-                           quarantined: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def _fit_context(self, body: EvaluateRequest, served: Served, records: list[dict[str, Any]], few_shot: int,
+                           max_tokens: int, quarantined: list[dict[str, Any]]
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Items whose prompt leaves no room for max_tokens are a 422 naming them; dataset rows are
         quarantined (reported in the answer), as the offline evaluator does."""
-        tokenizer = self.tokenizers.get(body.model)
+        tokenizer = served.tokenizer
         if tokenizer is None:
             return records, quarantined
         fitting, too_long = await self._off_loop(fit_context, records, tokenizer,
@@ -446,7 +754,8 @@ class EvaluateAPI:
 # ------------------------------------------------------------------------------ the builder
 
 SERVE_FIELDS = ("checkpoint_root", "data_root", "max_items", "max_tokens_limit", "token_env", "max_body_bytes",
-                "max_dataset_bytes", "load_timeout_s", "allow_hub", "jobs_folder", "max_concurrent_jobs")
+                "max_dataset_bytes", "load_timeout_s", "allow_hub", "jobs_folder", "max_concurrent_jobs", "on_demand",
+                "max_models_per_replica")
 
 
 def check_data_root(data_root: Path) -> None:
@@ -462,15 +771,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for `serve run` / `serve deploy` (see serve_configs/evaluate.yaml).
 
     args: config (experiment YAML), models: [{name, path, base_model, ray_actor_options?}], any
-    `serve.*` field (SERVE_FIELDS), and api_ray_actor_options (the ingress replica's, e.g. a
-    runtime_env with the token variable)."""
+    `serve.*` field (SERVE_FIELDS), api_ray_actor_options (the ingress replica's, e.g. a
+    runtime_env with the token variable) and checkpoints_ray_actor_options (the on-demand
+    checkpoints deployment's, e.g. {num_gpus: 1})."""
     args = dict(args)
     config = args.pop("config", None)
     cfg = with_overrides(load_config(REPO / config if config else None),
                          {f"serve.{k}": args.pop(k) for k in SERVE_FIELDS if k in args})
-    models = args.pop("models", None)
-    if not models:
-        raise ValueError("build_app needs a non-empty 'models' list of {name, path, base_model}")
+    models = args.pop("models", None) or []
+    if not models and not cfg.serve.on_demand:
+        raise ValueError("build_app needs a non-empty 'models' list of {name, path, base_model} (or serve.on_demand)")
     # Relative roots are relative to the repository, not to wherever Serve builds the app (the
     # builder runs in a Ray task whose working directory is not the caller's).
     root, data_root = (REPO / cfg.serve.checkpoint_root).resolve(), (REPO / cfg.serve.data_root).resolve()
@@ -497,7 +807,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         descriptions.append({"name": name, "checkpoint": path, "base_model": bool(spec.get("base_model", False)),
                              "few_shot": few_shot, "engine": cfg.eval.engine.engine, "max_tokens": cfg.eval.max_tokens,
                              "max_model_len": cfg.eval.engine.max_model_len})
+    checkpoints = None
+    if cfg.serve.on_demand:
+        deployment = checkpoint_server(cfg.serve.max_models_per_replica)
+        if args.get("checkpoints_ray_actor_options"):
+            deployment = deployment.options(ray_actor_options=args.pop("checkpoints_ray_actor_options"))
+        checkpoints = deployment.bind(remote_root or str(root), cfg.model_dump(mode="json"))
     ingress = EvaluateAPI
     if args.get("api_ray_actor_options"):
         ingress = EvaluateAPI.options(ray_actor_options={"num_cpus": 0.5, **args.pop("api_ray_actor_options")})
-    return ingress.bind(handles, descriptions, cfg.model_dump(mode="json"), tokenizer_paths)
+    return ingress.bind(handles, descriptions, cfg.model_dump(mode="json"), tokenizer_paths, checkpoints)

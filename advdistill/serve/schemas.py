@@ -121,8 +121,16 @@ class ModelInfo(BaseModel):
     max_model_len: int = Field(description="the engine's context (prompt + response)")
 
 
+class OnDemand(BaseModel):
+    max_per_replica: int = Field(description="checkpoints a replica keeps loaded (least recently used out)")
+    loaded: list[str] = Field(description="checkpoints loaded on the replica that answered, least recently used first")
+    available: list[str] = Field(description="model folders under serve.checkpoint_root that `model` may name "
+                                             "(relative paths; the first 200)")
+
+
 class ModelList(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="the configured models, by name")
+    on_demand: OnDemand | None = Field(None, description="checkpoints served on demand (null: serve.on_demand off)")
 
 
 class TemplateShares(BaseModel):
