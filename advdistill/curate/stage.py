@@ -157,4 +157,17 @@ def summarize(out: CurateOutput, cfg: ExperimentConfig, total: int, quarantined:
         "correct_per_group": np.bincount(per_group, minlength=k + 1).tolist() if per_group else [],
         "reward_histogram": _histogram(flat("rewards")),
         "advantage_histogram": _histogram(flat("advantages")),
+        **endpoint_costs(cfg, sum(t.num_rows for t in tables)),
     }
+
+
+def endpoint_costs(cfg: ExperimentConfig, prompts: int) -> dict[str, Any]:
+    """For a teacher behind an endpoint (`engine: openai`): what it was asked, in requests and
+    tokens, instead of accelerator-hours (it computes on someone else's accelerators). Requests
+    are counted as sent once each; the client's retries of failed attempts are not billed work."""
+    engine = cfg.curate.engine
+    if engine.engine != "openai":
+        return {}
+    per_prompt = 1 if engine.endpoint.samples_per_request == "n" else cfg.curate.sampling.n
+    return {"teacher_endpoint": {"base_url": engine.endpoint.base_url, "model": engine.endpoint.model or cfg.teacher,
+                                 "api": "completions", "requests": prompts * per_prompt}}

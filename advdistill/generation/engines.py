@@ -294,14 +294,20 @@ class HFEngine:
 
 
 def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> Engine:
-    """The configured engine; `auto` = vLLM where it is installed, else transformers."""
+    """The configured engine; `auto` = vLLM where it is installed, else transformers; `openai` =
+    the server of `cfg.endpoint` (`generation.endpoint`; `model` then names the teacher's tokenizer)."""
     from advdistill.storage import local_model
 
-    model = local_model(model)  # a folder on a URI (a run's final/ on S3) is fetched to this node first
     cfg = cfg or EngineConfig()
+    if cfg.engine != "openai":  # an endpoint teacher's weights stay on its server
+        model = local_model(model)  # a folder on a URI (a run's final/ on S3) is fetched to this node first
     kind = cfg.engine
     if kind == "auto":
         kind = "vllm" if vllm_available() else "transformers"
+    if kind == "openai":
+        from advdistill.generation.endpoint import OpenAIEngine
+
+        return OpenAIEngine(model, cfg, seed)
     if kind == "vllm":
         if not vllm_available():
             raise RuntimeError("engine 'vllm' requested but vllm is not installed (pip install 'advdistill[gpu]' or '[cpu]')")
