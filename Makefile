@@ -36,13 +36,13 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 
 comma := ,
 
-demo: $(VENV)/.installed-cpu
+demo: $(VENV)/.installed-cpu+tracking
 	$(PY) ray_jobs/distill.py $(ARGS)
 
-test: $(VENV)/.installed-cpu+test
+test: $(VENV)/.installed-cpu+tracking+lora+test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-venv: $(VENV)/.installed-cpu+test
+venv: $(VENV)/.installed-cpu+tracking+lora+test
 
 clean-venv:
 	rm -rf $(VENV)

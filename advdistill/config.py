@@ -105,11 +105,41 @@ class SamplingConfig(Section):
                                                 "output lengths)")
 
 
-class EngineConfig(Section):
-    """How a generation engine runs: vLLM (GPU or CPU build) or the transformers fallback.
-    The model is not part of it: the same settings serve every model a stage loads."""
+class EndpointConfig(Section):
+    """A teacher behind an OpenAI-compatible server (vLLM's or SGLang's `serve`, a hosted API),
+    used with `engine: openai`. Prompts are rendered here with the teacher's tokenizer (the
+    config's `teacher`: a local folder or hub id) exactly as for a local engine and sent to the
+    completions API (`/v1/completions`); per-response token counts come from that tokenizer,
+    the totals billed from the answers' `usage`."""
 
-    engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto = vLLM where installed")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the server's OpenAI API root (ends in /v1)")
+    model: str | None = Field(None, description="the model name the server knows; None = the config's teacher")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key (never "
+                                                                  "the key itself); None or unset = no key")
+    samples_per_request: Literal["n", "one"] = Field(
+        "n", description="n: one request per prompt with n = K (vLLM, OpenAI); one: K requests of one sample each "
+                         "(servers without n), seeded seed + i")
+    max_concurrency: int = Field(16, ge=1, description="requests in flight at once, per generation actor")
+    requests_per_second: float | None = Field(None, gt=0, description="request rate cap per actor; None = none")
+    timeout_s: float = Field(300.0, gt=0, description="per request")
+    max_retries: int = Field(6, ge=0, description="retries of a request on 408/409/429/5xx, timeouts and refused "
+                                                  "connections, with exponential backoff (Retry-After honoured)")
+    send_seed: bool = Field(True, description="send each prompt's seed (vLLM reproduces with it; hosted APIs may "
+                                              "treat it as best effort)")
+    server_extensions: bool = Field(True, description="send vLLM/SGLang's extra sampling fields (stop_token_ids: "
+                                                      "the end-of-turn token, which a detokenized stop string "
+                                                      "cannot match; top_k); off for APIs that refuse unknown fields")
+
+
+class EngineConfig(Section):
+    """How a generation engine runs: vLLM (GPU or CPU build), the transformers fallback, or an
+    OpenAI-compatible endpoint. The model is not part of it: the same settings serve every model
+    a stage loads."""
+
+    engine: Literal["auto", "vllm", "transformers", "openai"] = Field(
+        "auto", description="auto = vLLM where installed; openai = the server in `endpoint` (a teacher you cannot "
+                            "host)")
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="the server, for engine: openai")
     max_model_len: int = Field(4096, gt=0, description="context length (prompt + response)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
     dtype: str = Field("auto", description="weights dtype; auto = the checkpoint's (float32 on CPUs without bf16)")
@@ -170,6 +200,22 @@ class CurateConfig(Section):
                                                             "tokens/s)")
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Section):
+    """A LoRA student (peft; the `lora` extra): only the adapters train, under FSDP2 and either
+    loss; the export is merged into a plain transformers folder (`final/`, which vLLM loads), the
+    adapter itself beside it (`final/adapter/`)."""
+
+    r: int = Field(0, ge=0, description="LoRA rank; 0 = train every weight (no LoRA)")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS),
+                                      description="module names that get adapters (Qwen2/Llama: attention and MLP "
+                                                  "projections)")
+
+
 class TrainConfig(Section):
     """SPEC §6 / paper Appendix B."""
 
@@ -219,6 +265,7 @@ class TrainConfig(Section):
     fail_at_step: int | None = Field(None, ge=1, description="fault injection: raise once at this step in an attempt "
                                                              "that did not resume (tests recovery)")
     loss: LossConfig = LossConfig()
+    lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -275,6 +322,16 @@ class ServeConfig(Section):
                                           "(e.g. {serve: 1}: replicas only on the node type that declares it)")
 
 
+class TrackingConfig(Section):
+    """Experiment tracking (`advdistill.tracking`): one MLflow run per distill.py run, a nested run
+    per stage."""
+
+    enabled: bool | None = Field(None, description="None = on where MLflow is installed (the tracking extra)")
+    uri: str | None = Field(None, description="MLflow tracking URI (a server: http://host:5000); None = a file "
+                                              "store in the run folder, OUTPUT/mlruns")
+    experiment: str = Field("advdistill", description="MLflow experiment the runs go to")
+
+
 class ExperimentConfig(Section):
     name: str = Field("paper-default", description="experiment name (default output folder runs/<name>)")
     teacher: str = Field("Qwen/Qwen2.5-7B", description="hub id or local folder of the teacher, a base model (gets "
@@ -291,6 +348,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _reward_len_matches_generation(self) -> "ExperimentConfig":

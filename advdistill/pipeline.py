@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,14 +20,26 @@ from advdistill.evaluation.evaluator import EvalOutput
 from advdistill.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
 from advdistill.run_layout import RunLayout, split_label
 from advdistill.storage import PathLike, is_uri, resolved
+from advdistill.tracking import NoTracking, RunTracker, numbers, open_tracking
 from advdistill.train.trainer import TrainOutput
 
 
+@dataclass
+class Tracked:
+    """What a stage's MLflow run gets besides its cost."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[PathLike] = field(default_factory=list)
+
+
 class RunManifest:
-    """OUTPUT/run.json: the run's models, splits and per-stage costs, rewritten as stages end."""
+    """OUTPUT/run.json: the run's models, splits and per-stage costs, rewritten as stages end;
+    each stage that runs also ends its MLflow run (`advdistill.tracking`)."""
 
     def __init__(self, path: PathLike, cfg: ExperimentConfig):
         self.path = path
+        self.tracker: RunTracker | NoTracking = NoTracking()
         previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.data: dict[str, Any] = {
             "name": cfg.name,
@@ -37,22 +49,32 @@ class RunManifest:
             "models": {},
             "stages": previous.get("stages", {}),
             "nodes": previous.get("nodes", {}),
+            "tracking": previous.get("tracking", {}),  # MLflow run ids, so a rerun logs into the same runs
         }
 
-    def stage(self, name: str, done: bool, run: Callable[..., dict[str, Any]], *args: Any, actors: str = "") -> None:
+    def stage(self, name: str, done: bool, run: Callable[..., dict[str, Any]], *args: Any, actors: str = "",
+              track: Callable[[], Tracked] | None = None) -> None:
         """`run(*args)` unless the stage is done; record its cost (tokens, wall time,
-        accelerator-hours) and the nodes its `actors` (a class name, `advdistill.placement`) ran on."""
+        accelerator-hours) and the nodes its `actors` (a class name, `advdistill.placement`) ran on;
+        `track()` says what its MLflow run gets besides the cost."""
         if done:
             print(f"[distill] {name}: done earlier, skipped", flush=True)
             self.data["stages"].setdefault(name, {})["skipped"] = True
         else:
             print(f"[distill] {name}: running", flush=True)
             start, since = time.time(), now_ms()
-            cost = run(*args) or {}
+            try:
+                cost = run(*args) or {}
+            except BaseException:
+                self.tracker.end_stage(name, failed=True)
+                raise
             cost.setdefault("wall_seconds", round(time.time() - start, 2))
             if actors:
                 cost["nodes"] = actor_nodes(actors, since)
             self.data["stages"][name] = cost
+            tracked = track() if track else Tracked()
+            self.tracker.end_stage(name, metrics={**numbers(cost), **tracked.metrics}, params=tracked.params,
+                                   artifacts=tracked.artifacts)
         self.record_nodes()
         self.save()
 
@@ -95,6 +117,7 @@ class Training:
 class Evaluated:
     path: str  # hub id or local folder
     few_shot: int  # base models get k-shot prompts; distilled students zero-shot
+    endpoint: bool = False  # evaluated through curation's OpenAI-compatible endpoint (a teacher we do not host)
 
 
 def trainings(cfg: ExperimentConfig) -> list[Training]:
@@ -107,7 +130,8 @@ def trainings(cfg: ExperimentConfig) -> list[Training]:
 
 def evaluated_models(cfg: ExperimentConfig, layout: RunLayout, runs: list[Training]) -> dict[str, Evaluated]:
     k = cfg.prompt.few_shot
-    models = {"teacher": Evaluated(cfg.teacher, k), "base": Evaluated(cfg.student, k)}
+    models = {"teacher": Evaluated(cfg.teacher, k, endpoint=cfg.curate.engine.engine == "openai"),
+              "base": Evaluated(cfg.student, k)}
     models.update({f"base@{model_slug(s)}": Evaluated(s, k) for s in cfg.extra_sft_students})
     models.update({t.name: Evaluated(str(layout.train(t.name).final), 0) for t in reversed(runs)})
     return models
@@ -120,11 +144,13 @@ def _curate(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
     return {"tokens": s["tokens_generated"], "wall_seconds": s["wall_seconds"], "accelerator_hours": s["accelerator_hours"]}
 
 
-def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOutput, cluster_gpus: int) -> dict[str, Any]:
+def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOutput, cluster_gpus: int,
+           step_logger: dict[str, str] | None) -> dict[str, Any]:
     from advdistill.train.trainer import train
 
     start = time.time()
-    metrics = train(with_overrides(cfg, {"train.mode": run.mode}), layout.curate.folder, out.folder, student=run.student)
+    metrics = train(with_overrides(cfg, {"train.mode": run.mode}), layout.curate.folder, out.folder, student=run.student,
+                    step_logger=step_logger)
     return _cost(int(metrics.get("tokens", 0)), time.time() - start, cfg.train.resources, cluster_gpus, 1,
                  cfg.train.num_workers)
 
@@ -133,6 +159,8 @@ def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[D
               cluster_gpus: int) -> dict[str, Any]:
     from advdistill.evaluation.evaluator import evaluate_splits
 
+    if model.endpoint:  # the teacher answers from its server in evaluation as in curation
+        cfg = with_overrides(cfg, {"eval.engine": cfg.curate.engine.model_dump(), "eval.resources.use_gpu": False})
     metrics = evaluate_splits(cfg, _local(model.path), splits, few_shot=model.few_shot)
     return _cost(sum(m["tokens_generated"] for m in metrics.values()), sum(m["wall_seconds"] for m in metrics.values()),
                  cfg.eval.resources, cluster_gpus, cfg.eval.engine.tensor_parallel_size, 1)
@@ -141,20 +169,45 @@ def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[D
 def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> dict[str, Any]:
     import ray
 
-    from advdistill.report import write_report
-
     layout = RunLayout(resolved(output))
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.config.write_text(dump_config(cfg))
     manifest = RunManifest(layout.manifest, cfg)
+    tracker = manifest.tracker = open_tracking(cfg, layout.root, manifest.data["tracking"])
+    tracker.log_config(cfg.model_dump(mode="json"))
+    manifest.save()
     cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    try:
+        report = _stages(cfg, layout, manifest, tracker, cluster_gpus)
+    except BaseException:
+        tracker.finish(failed=True)
+        manifest.save()
+        raise
+    tracker.finish(artifacts=[layout.report, layout.manifest])
+    print(report.read_text().split("## Behaviour")[0], flush=True)
+    print(f"[distill] report: {report}", flush=True)
+    if tracker.enabled:
+        print(f"[distill] tracked in MLflow: {tracker.uri} (run {tracker.run_id})", flush=True)
+    if serve:
+        models = evaluated_models(cfg, layout, trainings(cfg))
+        serve_models(cfg, layout, {name: m.path for name, m in models.items()},
+                     {name: m.few_shot > 0 for name, m in models.items()}, manifest)
+    return manifest.data
 
-    manifest.stage("curate", layout.curate.is_complete(), _curate, cfg, layout, actors=GENERATION)
+
+def _stages(cfg: ExperimentConfig, layout: RunLayout, manifest: RunManifest, tracker: RunTracker | NoTracking,
+            cluster_gpus: int) -> PathLike:
+    """Every stage not done yet, in order; the report at the end."""
+    from advdistill.report import write_report
+
+    manifest.stage("curate", layout.curate.is_complete(), _curate, cfg, layout, actors=GENERATION,
+                   track=lambda: tracked_curation(layout))
     runs = trainings(cfg)
     for t in runs:
         out = layout.train(t.name)
         manifest.stage(f"train-{t.name}", out.is_complete(), _train, cfg, layout, t, out, cluster_gpus,
-                       actors=TRAIN_WORKER)
+                       tracker.step_logger_args(f"train-{t.name}"), actors=TRAIN_WORKER,
+                       track=lambda out=out: tracked_training(out))
 
     models = evaluated_models(cfg, layout, runs)
     manifest.data["models"] = {name: {"path": _local(m.path), "few_shot": m.few_shot} for name, m in models.items()}
@@ -162,17 +215,31 @@ def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> di
     for name, model in models.items():
         splits = {split_label(d): (d, layout.eval(name, split_label(d))) for d in datasets}
         done = all(out.is_complete() for _, out in splits.values())
-        manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, cluster_gpus, actors=GENERATION)
-
-    report = write_report(layout.root)
-    print(report.read_text().split("## Behaviour")[0], flush=True)
-    print(f"[distill] report: {report}", flush=True)
-    if serve:
-        serve_models(cfg, layout, {name: m.path for name, m in models.items()},
-                     {name: m.few_shot > 0 for name, m in models.items()}, manifest)
-    return manifest.data
+        manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, cluster_gpus, actors=GENERATION,
+                       track=lambda model=model, splits=splits: tracked_evaluation(model, splits))
+    return write_report(layout.root)
 
 
+def tracked_curation(layout: RunLayout) -> Tracked:
+    summary = json.loads(layout.curate.summary.read_text())
+    keep = ("prompts_read", "prompts_written", "kept", "dropped", "quarantined", "per_sample_accuracy", "format_ok",
+            "tokens_generated", "accelerator_hours")
+    return Tracked(metrics=numbers(summary, keep=keep), params={"teacher": summary["teacher"]},
+                   artifacts=[layout.curate.summary])
+
+
+def tracked_training(out: TrainOutput) -> Tracked:
+    result = json.loads(out.result.read_text())
+    return Tracked(metrics={f"final/{k}": v for k, v in numbers(result).items()},
+                   params={"final_checkpoint": str(out.final)}, artifacts=[out.result])
+
+
+def tracked_evaluation(model: Evaluated, splits: dict[str, tuple[DatasetConfig, EvalOutput]]) -> Tracked:
+    metrics: dict[str, float] = {}
+    for label, (_, out) in splits.items():
+        metrics.update(numbers(json.loads(out.metrics.read_text()), prefix=f"{label}/"))
+    return Tracked(metrics=metrics, params={"model": _local(model.path), "few_shot": model.few_shot},
+                   artifacts=[out.metrics for _, out in splits.values()])
 def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str], base: dict[str, bool],
                  manifest: RunManifest | None = None) -> None:
     """Serve the run's checkpoints behind the evaluation API until interrupted: the local model

@@ -79,3 +79,46 @@ def test_rerun_skips_finished_stages(run, ray_cluster):
         assert f"[distill] {stage}: done earlier, skipped" in log
     assert (output / "train-advdistill" / "final" / "model.safetensors").stat().st_mtime == before
     assert all(s.get("skipped") for s in json.loads((output / "run.json").read_text())["stages"].values())
+    _, parents, stages = mlflow_runs(output)  # a rerun logs into the same MLflow runs
+    assert len(parents) == 1 and sorted(stages) == sorted(STAGES)
+
+
+def mlflow_runs(output: Path):
+    import os
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for it to read a file store
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((output / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("advdistill")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    stages = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    return client, parents, stages
+
+
+def test_the_run_is_tracked_in_mlflow_with_a_nested_run_per_stage(run):
+    """MLflow's own client reads the run back from the file store in the run folder: one run for
+    the distill.py run (config, report), a nested one per stage with its figures, and every
+    optimizer step of each training from rank 0."""
+    output, log = run
+    client, parents, stages = mlflow_runs(output)
+    assert len(parents) == 1 and sorted(stages) == sorted(STAGES)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["train.groups_per_step"] == "2"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED"
+               for r in stages.values())
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    summary = json.loads((output / "curate" / "summary.json").read_text())
+    assert stages["curate"].data.metrics["kept"] == summary["kept"]
+    for mode in ("advdistill", "sft"):
+        steps = [json.loads(line) for line in (output / f"train-{mode}" / "metrics.jsonl").read_text().splitlines()]
+        history = client.get_metric_history(stages[f"train-{mode}"].info.run_id, "loss")
+        assert [(m.step, m.value) for m in history] == [(s["step"], s["loss"]) for s in steps]
+        for name in ("lr", "grad_norm", "tokens_per_s"):
+            assert len(client.get_metric_history(stages[f"train-{mode}"].info.run_id, name)) == len(steps)
+        assert stages[f"train-{mode}"].data.params["final_checkpoint"].endswith(f"train-{mode}/final")
+    assert len(client.get_metric_history(stages["train-advdistill"].info.run_id, "weight_entropy")) == len(steps)
+    metrics = json.loads((output / "eval" / "teacher-synthetic-test" / "metrics.json").read_text())
+    assert stages["eval-teacher"].data.metrics["synthetic-test/accuracy"] == metrics["accuracy"]
+    assert f"tracked in MLflow: {(output / 'mlruns').as_uri()}" in log

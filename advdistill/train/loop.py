@@ -190,6 +190,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     lm.config.use_cache = False
+    if tc.lora.r:  # before sharding: FSDP2 shards the adapters with their layers
+        from advdistill.train.lora import apply_lora
+
+        apply_lora(lm, tc.lora)
     if tc.activation_checkpointing:
         enable_activation_checkpointing(lm)  # before sharding: FSDP2's hooks then run inside each checkpoint
     model = ResponseLogProbs(lm, chunk_size=tc.loss.chunk_size, packed_attention=packed_attention(cfg, device.type))
@@ -208,8 +212,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[train] resumed from step {global_step}", flush=True)
 
+    tracked = None
+    if rank == 0 and loop_config.get("step_logger"):
+        from advdistill.tracking import StepLogger
+
+        tracked = StepLogger(**loop_config["step_logger"])
+
     def report(metrics: dict[str, Any], *, save: bool, export: bool) -> None:
         history.append(metrics)  # every step goes to metrics.jsonl; Ray hears every report_every-th
+        if tracked is not None:
+            tracked.log(metrics, step=metrics["step"])
         if not save:
             if global_step % tc.report_every == 0:
                 ray.train.report(metrics)
@@ -217,7 +229,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _save(Path(tmp), model, optimizer, scheduler, global_step, history, rank)
             if export:
-                _export_hf(Path(tmp) / HF_EXPORT, model, lm, student, rank)
+                _export_hf(Path(tmp) / HF_EXPORT, model, lm, student, rank, tc.lora)
             dist.barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -280,7 +292,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 print(f"[train] step {global_step}/{total_steps} epoch {metrics['epoch']:.2f} {figures}"
                       f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s{extra}", flush=True)
             save = epoch_end or global_step % tc.checkpoint_every == 0
-            report(metrics, save=save, export=epoch_end)
+            # The transformers export is written once, with the run's last checkpoint (what final/ is).
+            report(metrics, save=save, export=global_step >= total_steps)
             if global_step >= total_steps:
                 break
 
@@ -346,8 +359,9 @@ def _restore(folder: Path, model, optimizer, scheduler) -> tuple[int, list[dict]
     return trainer_state["global_step"], history
 
 
-def _export_hf(folder: Path, model, lm, student: str, rank: int) -> None:
-    """A plain transformers folder (weights + tokenizer), loadable by transformers and vLLM."""
+def _export_hf(folder: Path, model, lm, student: str, rank: int, lora=None) -> None:
+    """A plain transformers folder (weights + tokenizer), loadable by transformers and vLLM; a
+    LoRA student's adapters merged into it (`train.lora`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -355,11 +369,16 @@ def _export_hf(folder: Path, model, lm, student: str, rank: int) -> None:
     if rank != 0:
         return
     state = {k.removeprefix("lm."): v for k, v in full.items()}
-    export = AutoModelForCausalLM.from_config(lm.config, dtype=torch.float32)
-    missing, unexpected = export.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
+    if lora is not None and lora.r:
+        from advdistill.train.lora import merged_export
+
+        export = merged_export(state, lm.config, lora, folder, student)
+    else:
+        export = AutoModelForCausalLM.from_config(lm.config, dtype=torch.float32)
+        missing, unexpected = export.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
     tokenizer = AutoTokenizer.from_pretrained(student)
     export.generation_config = with_end_of_turn_stops(lm.generation_config, tokenizer)
     export.save_pretrained(folder, safe_serialization=True)

@@ -121,8 +121,9 @@ def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dic
 
 
 def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike, *,
-          student: str | None = None) -> dict[str, Any]:
-    """Train a student on a groups table; returns the final metrics (also in the output)."""
+          student: str | None = None, step_logger: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train a student on a groups table; returns the final metrics (also in the output).
+    `step_logger` ({uri, run_id}, `advdistill.tracking`): rank 0 logs every step to that MLflow run."""
     import ray
     import ray.train
     from ray.data.expressions import col
@@ -169,7 +170,8 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "student": student,
-                           "train_groups": data["train_groups"], "val_groups": data["val_groups"]},
+                           "train_groups": data["train_groups"], "val_groups": data["val_groups"],
+                           "step_logger": step_logger},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": res.cpus_per_worker, **res.custom},
