@@ -3,7 +3,10 @@
 1. `POST /evaluate` on N items vs the offline evaluator's work on the same items — the same
    engine and scoring, warm; the offline side in the evaluator's batch-size chunks (goal <= 1.2x); the end-to-end offline
    evaluator (Ray Data, engine start included) is shown for context.
-2. Throughput and p50/p99 latency with 32 concurrent clients.
+2. Load: 32 and 128 concurrent clients, each request one of a mix — `/evaluate` (2 items),
+   an evaluation job (`POST /evaluations` of 4 items, polled to the end; a 429 at the job cap is
+   retried after its Retry-After, as a client should) and `/v1/chat/completions` (the OpenAI
+   route) — with throughput, p50/p99 per kind and every error counted.
 
     python bench/serving.py [--items 200] [--model models/tiny-student]
 """
@@ -22,13 +25,64 @@ import httpx
 from common import REPO, header
 
 
+KINDS = ("evaluate", "job", "chat")
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def load(client: httpx.Client, base: str, items: list[dict], clients: int, requests: int) -> dict:
+    """`requests` requests from `clients` threads, kinds in turn; latency per kind, errors counted
+    (a job counts from its submission to its result)."""
+    rejected = [0]
+
+    def one(i: int) -> tuple[str, float, bool]:
+        kind, t0 = KINDS[i % len(KINDS)], time.perf_counter()
+        chunk = items[(2 * i) % len(items):][:4]
+        try:
+            if kind == "evaluate":
+                ok = client.post(base + "/evaluate", json={"model": "m", "items": chunk[:2]}).status_code == 200
+            elif kind == "chat":
+                r = client.post(base + "/v1/chat/completions", json={
+                    "model": "m", "temperature": 0, "max_tokens": 64,
+                    "messages": [{"role": "user", "content": chunk[0]["question"]}]})
+                ok = r.status_code == 200 and bool(r.json()["choices"][0]["message"]["content"])
+            else:
+                while (r := client.post(base + "/evaluations", json={"model": "m", "items": chunk})).status_code == 429:
+                    rejected[0] += 1
+                    time.sleep(float(r.headers.get("retry-after", 1)) / 30)  # the bench waits less than told
+                job = r.json()
+                while job.get("status") in ("queued", "running"):
+                    time.sleep(0.2)
+                    job = client.get(f"{base}/evaluations/{job['id']}").json()
+                ok = job.get("status") == "done" and len(job["result"]["results"]) == len(chunk)
+        except httpx.HTTPError:
+            ok = False
+        return kind, time.perf_counter() - t0, ok
+
+    with ThreadPoolExecutor(clients) as pool:
+        start = time.perf_counter()
+        results = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - start
+    kinds = {}
+    for kind in KINDS:
+        mine = [(t, ok) for k, t, ok in results if k == kind]
+        kinds[kind] = {"n": len(mine), "errors": sum(not ok for _, ok in mine),
+                       "p50_ms": 1000 * percentile([t for t, _ in mine], 0.5),
+                       "p99_ms": 1000 * percentile([t for t, _ in mine], 0.99)}
+    return {"requests_per_s": requests / wall, "errors": sum(not ok for *_, ok in results), "rejected_429": rejected[0],
+            "kinds": kinds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="models/tiny-student")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=256, help="requests in the concurrency run")
+    parser.add_argument("--load-clients", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--requests", type=int, default=256, help="requests in each load run")
     parser.add_argument("--port", type=int, default=8011)
     args = parser.parse_args()
     header("Serving", f"python bench/serving.py --items {args.items}")
@@ -79,21 +133,16 @@ def main() -> None:
     print(f"  (the end-to-end offline evaluator, Ray Data with a fresh engine, took {end_to_end / times['serve']:.1f}x "
           f"the time of one warm /evaluate call)")
 
-    def one(i: int) -> float:
-        body = {"model": "m", "items": items[(2 * i) % len(items):][:2]}
-        t0 = time.perf_counter()
-        assert client.post(url, json=body).status_code == 200
-        return time.perf_counter() - t0
-
-    with ThreadPoolExecutor(args.clients) as pool:
-        start = time.perf_counter()
-        latencies = sorted(pool.map(one, range(args.requests)))
-        wall = time.perf_counter() - start
-    p50, p99 = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    print(f"- {args.clients} concurrent clients, {args.requests} requests of 2 items: {args.requests / wall:.1f} requests/s, "
-          f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (p99/p50 {p99 / p50:.2f}x)")
-    print("\n" + json.dumps({"serve_vs_offline": times["serve"] / times["offline"], "requests_per_s": args.requests / wall,
-                             "p50_s": p50, "p99_s": p99, "median_latency": statistics.median(latencies)}))
+    base = url.removesuffix("/evaluate")
+    loads = {clients: load(client, base, items, clients, args.requests) for clients in args.load_clients}
+    for clients, result in loads.items():
+        print(f"- {clients} concurrent clients, {args.requests} requests (mix of /evaluate, jobs, /v1/chat/completions): "
+              f"{result['requests_per_s']:.1f} requests/s, {result['errors']} errors, "
+              f"{result['rejected_429']} job submissions answered 429 and retried")
+        for kind, k in result["kinds"].items():
+            print(f"  - {kind}: {k['n']} requests, p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
+                  f"errors {k['errors']}")
+    print("\n" + json.dumps({"serve_vs_offline": times["serve"] / times["offline"], "load": loads}))
     serve.shutdown()
 
 

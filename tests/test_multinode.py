@@ -39,7 +39,8 @@ SHORT = [
     "train.val_every=1000", "eval.test.limit=6", "eval.ood=[]", "sft_baseline=false",
 ]
 PLACED = ["curate.resources.custom={inference: 1}", "eval.resources.custom={inference: 1}",
-          "train.resources.custom={train: 1}", "train.num_workers=2", "serve.custom={serve: 1}",
+          "train.resources.custom={train: 1}", "train.num_workers=2", "train.resources.cpus_per_worker=1",
+          "serve.custom={serve: 1}",
           "serve.port={port}"]
 STAGES = ["curate", "train-advdistill", "eval-teacher", "eval-base", "eval-advdistill"]
 MODELS = ["advdistill", "base", "teacher"]
