@@ -4,7 +4,8 @@ dataset split through Ray Data (SPEC §7).
     python ray_jobs/evaluate.py --model PATH_OR_HUB_ID --dataset NAME --split SPLIT [--limit N] --output DIR
 
 Writes DIR/metrics.json and DIR/predictions.jsonl. Greedy decoding; zero-shot unless --few-shot
-(base models: pass the config's prompt.few_shot).
+(base models: pass the config's prompt.few_shot). Several splits (`--split test --split ood`)
+are evaluated in one pass, one engine start, into DIR/SPLIT/ each.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__)
     parser.add_argument("--model", required=True, help="hub id or local transformers folder")
     parser.add_argument("--dataset", required=True, help=f"dataset name ({', '.join(task_names())})")
-    parser.add_argument("--split", required=True, help="dataset split")
+    parser.add_argument("--split", required=True, action="append", help="dataset split (repeat for several)")
     parser.add_argument("--path", help="local JSONL/Parquet file with the hub's fields")
     parser.add_argument("--limit", type=int, help="first N records only")
     parser.add_argument("--few-shot", type=int, default=0, help="exemplars in the prompt (base models: prompt.few_shot)")
@@ -32,19 +33,25 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_from_args(args)
 
     from advdistill.config import DatasetConfig
-    from advdistill.evaluation.evaluator import evaluate
+    from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
 
     try:
-        dataset = DatasetConfig(name=args.dataset, split=args.split, path=args.path, limit=args.limit)
+        datasets = {split: DatasetConfig(name=args.dataset, split=split, path=args.path, limit=args.limit)
+                    for split in dict.fromkeys(args.split)}
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     check_output_dir(args.output)
     if args.path:
         check_input_path(args.path, "dataset file")
+    several = len(datasets) > 1
+    from advdistill.storage import location
+
+    outputs = {split: EvalOutput(location(args.output) / split if several else args.output) for split in datasets}
     init_ray()
-    metrics = evaluate(cfg, args.model, dataset, args.output, few_shot=args.few_shot)
-    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("by_")}, indent=2))
-    return metrics
+    metrics = evaluate_splits(cfg, args.model, {s: (d, outputs[s]) for s, d in datasets.items()}, few_shot=args.few_shot)
+    shown = {s: {k: v for k, v in m.items() if not k.startswith("by_")} for s, m in metrics.items()}
+    print(json.dumps(shown if several else shown[args.split[0]], indent=2))
+    return metrics if several else metrics[args.split[0]]
 
 
 if __name__ == "__main__":

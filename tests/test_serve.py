@@ -68,7 +68,7 @@ def server(ray_cluster, data_root, jobs_folder, checkpoint_root):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(checkpoint_root),
-                     "data_root": str(data_root), "max_items": 40, "max_tokens_limit": 512,
+                     "data_root": str(data_root), "max_items": 1000, "max_tokens_limit": 512,
                      "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1, "max_models_per_replica": 1,
                      "checkpoints_ray_actor_options": {"num_cpus": 0.5},
                      "models": [{"name": "tiny-student", "path": "models/tiny-student", "base_model": False},
@@ -215,10 +215,10 @@ def test_dataset_file_inside_the_data_root(server):
         ({"model": "tiny-student", "items": ITEMS[:1], "sampling": {"temperature": -1}}, 422, "temperature"),
         ({"model": "no-such-model", "items": ITEMS[:1]}, 404, "unknown model"),
         ({"model": "../models/tiny-student", "items": ITEMS[:1]}, 404, "unknown model"),
-        ({"model": "tiny-student", "items": ITEMS[:1] * 41}, 413, "limit of 40"),
+        ({"model": "tiny-student", "items": ITEMS[:1] * 1001}, 413, "limit of 1000"),
         ({"model": "tiny-student", "items": ITEMS[:1], "sampling": {"max_tokens": 513}}, 413, "max_tokens"),
-        ({"model": "tiny-student", "dataset": {"name": "synthetic", "split": "test", "limit": 41}}, 413, "limit"),
-        ({"model": "tiny-student", "dataset": {"name": "synthetic", "split": "test"}}, 413, "limit of 40"),
+        ({"model": "tiny-student", "dataset": {"name": "synthetic", "split": "test", "limit": 1001}}, 413, "limit"),
+        ({"model": "tiny-student", "dataset": {"name": "synthetic", "split": "train"}}, 413, "limit of 1000"),
         ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "test", "path": "../outside/secret.jsonl"}}, 404, "not found"),
         ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "test", "path": "/etc/passwd"}}, 404, "not found"),
         ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "test", "path": "link.jsonl"}}, 404, "not found"),
@@ -275,35 +275,40 @@ def test_evaluation_job_runs_in_the_background_and_matches_evaluate(server, jobs
         assert httpx.get(f"{server}/evaluations/{unknown}", timeout=30).status_code == 404
 
 
-def test_a_job_finishes_when_its_model_replica_is_killed_under_it(server):
-    """The model replica dies while a job's chunk is on it (ray.kill, as an OOM or a lost node
-    would): Serve starts another, the chunk is retried there and the job ends with every item and
-    the same answers as an undisturbed /evaluate."""
+def test_a_job_finishes_when_its_model_replica_is_killed_under_it(server, jobs_folder):
+    """A 1,000-item evaluation as a job; the model replica dies while a chunk is on it (ray.kill,
+    as an OOM or a lost node would): Serve starts another, the chunk is retried there, the job
+    ends with every item and the same answers as an undisturbed /evaluate, and its result is
+    fetched again later from its file."""
     import ray
+
+    from advdistill.serve.jobs import JobStore
 
     def replicas():
         return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                      if a["name"].startswith("SERVE_REPLICA::advdistill#model-tiny-teacher#"))
+                      if a["name"].startswith("SERVE_REPLICA::advdistill#model-tiny-student#"))
 
     before = replicas()
     assert before
-    items = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"}
-             for r in make_split("test", 40, seed=9)]
-    body = {"model": "tiny-teacher", "items": items, "sampling": {"max_tokens": 256}}
+    body = {"model": "tiny-student", "dataset": {"name": "synthetic", "split": "test", "limit": 1000},
+            "sampling": {"max_tokens": 160}}
     job = httpx.post(server + "/evaluations", json=body, timeout=60).json()
-    while job["status"] == "queued":
+    while job["status"] == "queued" or (job["status"] == "running" and job["done"] == 0):
+        time.sleep(0.2)
         job = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
     for name in before:
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while job["status"] in ("queued", "running") and time.time() < deadline:
         time.sleep(0.5)
         job = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
     assert job["status"] == "done", job
-    assert len(job["result"]["results"]) == 40
+    assert job["total"] == job["done"] == len(job["result"]["results"]) == 1000
     assert set(replicas()).isdisjoint(before)  # it really ran on a new replica
     direct = evaluate(server, body).json()
     assert [r["response"] for r in job["result"]["results"]] == [r["response"] for r in direct["results"]]
+    later = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
+    assert later["result"] == job["result"] == JobStore(jobs_folder).read(job["id"])["result"]
 
 
 def test_serve_run_cli_with_token_auth(server, ray_cluster, tmp_path):

@@ -3,9 +3,16 @@
     POST /evaluate   {model, items | dataset, sampling?} → SPEC §7 metrics + per-item results
     POST /evaluations  the same body → 202 and a job id at once (long evaluations; `serve.jobs`)
     GET  /evaluations/{id}  status, items done / total, and when done the /evaluate answer
-    GET  /models     what is served, from which checkpoint, with which prompt settings
+    GET  /models     what is served, from which checkpoint, with which prompt settings; the
+                     checkpoints loaded on demand and those available
+    GET  /v1/models, POST /v1/completions, POST /v1/chat/completions   OpenAI-compatible
+                     (`serve.openai_compat`), streaming included
     GET  /healthz    liveness
     GET  /docs       OpenAPI
+
+`model` is a configured name or the path of any model folder under the checkpoint root: the
+latter is served on demand by the multiplexed `checkpoints` deployment (loaded on first use, at
+most `serve.max_models_per_replica` engines per replica, least recently used out).
 
 One `ModelServer` deployment per model holds an engine; requests reach it in chunks that
 `@serve.batch` merges across concurrent requests into single engine calls — one call's failure
