@@ -12,9 +12,8 @@ folder (one folder every node sees: a local path shared by the three nodes here,
 cloud cluster — the storage layer's URI side is tests/test_storage.py); the kept and dropped
 ids equal a single-node curation's of the same prompts.
 
-Left out (too slow for this 2-core machine's budget): killing a worker node mid-curation and
-mid-training. Resume after a lost actor / worker group is covered where it is cheap:
-tests/test_curate.py (a rerun writes only the missing ids) and the training resume tests."""
+A worker node lost mid-curation and mid-training (the job still finishes, nothing lost) is
+tests/test_node_loss.py."""
 
 from __future__ import annotations
 

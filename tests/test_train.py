@@ -122,6 +122,8 @@ def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_clu
     metrics = train(failing, groups, tmp_path)
     assert metrics["step"] == 6
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 7))  # no step twice, none lost
+    starts = [m["resumed_from"] for m in read_metrics(tmp_path)]  # where each step's worker group began
+    assert starts[0] == 0 and 0 < starts[-1] < 5 and starts == sorted(starts)
     resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
     uninterrupted = AutoModelForCausalLM.from_pretrained(reference / "final").state_dict()
     for name, value in uninterrupted.items():

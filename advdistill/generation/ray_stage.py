@@ -77,9 +77,13 @@ class ScoringActor:
         return to_arrow([self.score_row(row) for row in from_arrow(batch)], self.schema, extra=self.extra)
 
 
-# A dead generation actor is restarted and its in-flight batch retried, a bounded number of times
-# (Ray Data's default is unbounded, which turns a deterministic crash, e.g. OOM at load, into a hang).
-FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": 3}
+# A dead generation actor is restarted a bounded number of times (Ray Data's default is unbounded,
+# which turns a deterministic crash, e.g. OOM at load, into a hang). Its batches are retried until
+# it is restarted or dead for good: while a lost node is not yet declared dead (GCS health checks,
+# ~15 s), every call to its actor fails at once as "temporarily unavailable", which burned a
+# bounded retry count in under a second (tests/test_node_loss.py). Unbounded retries stay bounded
+# by the restarts: a dead actor fails its tasks.
+FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": -1}
 
 
 def actor_pool(resources: ResourcesConfig, engine: EngineConfig) -> tuple[dict[str, Any], int, int]:

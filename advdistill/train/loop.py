@@ -211,6 +211,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         resumed = True
         if rank == 0:
             print(f"[train] resumed from step {global_step}", flush=True)
+    resumed_from = global_step
 
     tracked = None
     if rank == 0 and loop_config.get("step_logger"):
@@ -279,6 +280,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 # responses of this step's groups that max_seq_len cut (SPEC §6)
                 "truncated_responses": int(step_truncated),
                 "step_seconds": seconds,
+                # the checkpoint step this worker group started from (0: a fresh start); a step
+                # after a lost worker or node says where the restarted group picked up
+                "resumed_from": resumed_from,
             }
             if tc.fail_at_step == global_step and not resumed:
                 raise InjectedFailure(f"injected failure at step {global_step} (train.fail_at_step)")
