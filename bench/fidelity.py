@@ -1,0 +1,321 @@
+"""The reproduction experiment (issue: show that distillation works): does AdvDistill make the
+embedded student better, and better than SFT — with intervals, seeds and a fair protocol?
+
+    python bench/fidelity.py                      # 3 seeds, the embedded default (~60 min here)
+    python bench/fidelity.py --seeds 0 --quick    # a smoke run
+
+Protocol, on the embedded default (`configs/tiny.yaml`):
+- Arms: student base; SFT (best response per group); AdvDistill with the K = 8 responses;
+  AdvDistill with the first K' = 3 (the paper's ablation); the teacher for reference.
+- Seeds: each seed draws its own teacher samples (`curate.sampling.seed`) and trains with its own
+  `train.seed`; every arm of a seed trains on that seed's kept groups, for the same epochs, with
+  the same optimizer and schedule.
+- Learning rate: chosen per method from the same grid on seed 0, by greedy accuracy on the `val`
+  split (disjoint from test and OOD by construction), then used for every seed. The K' = 3 arm is
+  AdvDistill with fewer responses and takes AdvDistill's rate. Test and OOD are never looked at
+  to choose anything.
+- Measures: greedy accuracy on 1,000 test and 1,000 OOD items per seed (Wilson 95% intervals),
+  paired differences pooled over seeds with a paired bootstrap stratified by seed, the behaviour
+  metrics of the paper's Tables 6–7 (verbosity of correct / incorrect answers, seq-rep-4
+  degeneracy, template adherence), and the training cost of AdvDistill relative to SFT (seconds
+  of optimizer steps and tokens, from each run's metrics.jsonl; paper Table 3: 4.5x).
+
+Every stage runs through the command-line contract of SPEC §9b (`ray_jobs/generate.py`,
+`train.py`, `evaluate.py`) on one local Ray cluster, so this measures the product, not a
+re-implementation. Outputs go to `--out` (default runs/fidelity), and a rerun continues: each
+stage is skipped when its output is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, header
+
+sys.path.insert(0, str(REPO))
+
+from advdistill.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
+
+PYTHON = sys.executable
+LR_GRID = (3e-4, 1e-3, 3e-3)
+ARMS = {  # arm → (training mode, extra overrides, whose learning rate it uses)
+    "sft": ("sft", [], "sft"),
+    "advdistill": ("advdistill", [], "advdistill"),
+    "advdistill-k3": ("advdistill", ["train.responses_per_group=3"], "advdistill"),
+}
+SPLITS = {"test": "test", "ood": "ood"}
+
+
+class Runner:
+    """Runs the entry points against one Ray cluster, skipping stages whose output exists."""
+
+    def __init__(self, out: Path, config: str, overrides: list[str], log: Path):
+        self.out, self.config, self.overrides, self.log = out, config, overrides, log
+        self.seconds: dict[str, float] = {}
+
+    def _run(self, name: str, script: str, args: list[str], sets: list[str]) -> None:
+        cmd = [PYTHON, str(REPO / "ray_jobs" / script), "--config", self.config, *args]
+        for s in [*self.overrides, *sets]:
+            cmd += ["--set", s]
+        start = time.perf_counter()
+        with self.log.open("a") as handle:
+            handle.write(f"\n$ {' '.join(cmd)}\n")
+            handle.flush()
+            result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+        if result.returncode != 0:
+            raise SystemExit(f"{name} failed (exit {result.returncode}); see {self.log}")
+        self.seconds[name] = time.perf_counter() - start
+        print(f"  {name}: {self.seconds[name]:.0f} s", flush=True)
+
+    def curate(self, seed: int) -> Path:
+        folder = self.out / f"seed-{seed}" / "curate"
+        summary = folder / "summary.json"
+        done = summary.is_file() and (lambda s: s["prompts_written"] == s["prompts_read"])(json.loads(summary.read_text()))
+        if not done:
+            self._run(f"curate seed {seed}", "generate.py", ["--output", str(folder)], [f"curate.sampling.seed={seed}"])
+        return folder
+
+    def train(self, name: str, groups: Path, mode: str, lr: float, seed: int, sets: list[str]) -> Path:
+        folder = self.out / f"seed-{seed}" / f"train-{name}-lr{lr:g}"
+        if not (folder / "result.json").is_file():
+            self._run(f"train {name} lr {lr:g} seed {seed}", "train.py",
+                      ["--groups", str(groups), "--output", str(folder), "--mode", mode],
+                      [f"train.lr={lr}", f"train.seed={seed}", *sets])
+        return folder
+
+    def evaluate(self, name: str, model: Path | str, splits: list[str], limit: int, few_shot: int = 0) -> dict[str, Path]:
+        """`model` on every split of `splits` in one evaluate.py call (one engine start):
+        {split: its output folder}."""
+        folder = self.out / "eval" / name
+        outputs = {split: folder / split for split in splits} if len(splits) > 1 else {splits[0]: folder}
+        if not all((out / "metrics.json").is_file() for out in outputs.values()):
+            self._run(f"eval {name} {'+'.join(splits)}", "evaluate.py",
+                      ["--model", str(model), "--dataset", "synthetic", *[a for s in splits for a in ("--split", s)],
+                       "--limit", str(limit), "--output", str(folder), "--few-shot", str(few_shot)], [])
+        return outputs  # one split writes into the folder itself (evaluate.py's contract)
+
+
+def verdicts(folder: Path) -> dict[str, bool]:
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    return {r["id"]: bool(r["correct"]) for r in rows}
+
+
+def training_cost(folder: Path) -> dict[str, float]:
+    """Seconds of optimizer steps and tokens read, from a run's metrics.jsonl (start-up excluded)."""
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"step_seconds": sum(s["step_seconds"] for s in steps), "tokens": steps[-1]["tokens"], "steps": len(steps)}
+
+
+def start_cluster(num_cpus: int) -> str:
+    """A local Ray head owned by this process, for every stage (each entry point joins it through
+    RAY_ADDRESS); `ray.shutdown()` ends it and nothing else on the machine (`ray stop` would end
+    every Ray process here). Token auth off, as for the test suite's cluster: loopback only."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from advdistill.cli import RAY_ENV_DEFAULTS
+
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
+
+
+def stop_cluster() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "runs" / "fidelity"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=list(LR_GRID))
+    parser.add_argument("--items", type=int, default=1000, help="test and OOD items per evaluation")
+    parser.add_argument("--val-items", type=int, default=500)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every stage (e.g. an ablation: train.loss.lam=0)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 128 prompts, 100 items, one epoch")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = list(args.overrides)
+    if args.quick:
+        overrides += ["curate.dataset.limit=128", "train.epochs=1"]
+        args.items, args.val_items = 100, 100
+    header("Reproduction: base vs SFT vs AdvDistill (8 and 3 responses), seeds and intervals",
+           "python bench/fidelity.py " + " ".join(sys.argv[1:]))
+    from advdistill.config import load_config
+
+    cfg = load_config(args.config, overrides)
+    started = time.perf_counter()
+    os.environ["RAY_ADDRESS"] = start_cluster(num_cpus=max(os.cpu_count() or 1, 4))
+    runner = Runner(out, args.config, overrides, out / "fidelity.log")
+    try:
+        results = run_protocol(runner, cfg, args)
+    finally:
+        stop_cluster()
+    results["wall_seconds"] = time.perf_counter() - started
+    (out / "fidelity.json").write_text(json.dumps(results, indent=2))
+    report = render(results)
+    (out / "fidelity.md").write_text(report)
+    print(report)
+
+
+def run_protocol(runner: Runner, cfg, args) -> dict:
+    seeds = args.seeds
+    # 1. Reference arms: deterministic greedy decoding, the same for every seed.
+    splits = list(SPLITS)
+    outputs = {name: runner.evaluate(name, model, splits, args.items)
+               for name, model in (("teacher", cfg.teacher), ("base", cfg.student))}
+    reference = {name: {split: verdicts(out[split]) for split in SPLITS} for name, out in outputs.items()}
+    reference_metrics = {name: {split: json.loads((out[split] / "metrics.json").read_text()) for split in SPLITS}
+                         for name, out in outputs.items()}
+    # 2. The learning rate of each method, on seed 0's groups, by val accuracy.
+    groups0 = runner.curate(seeds[0])
+    chosen, grid = {}, {}
+    for method in ("sft", "advdistill"):
+        for lr in args.lr_grid:
+            run = runner.train(method, groups0, method, lr, seeds[0], [])
+            val = verdicts(runner.evaluate(f"{method}-lr{lr:g}-seed{seeds[0]}-val", run / "final", ["val"],
+                                           args.val_items)["val"])
+            grid.setdefault(method, {})[f"{lr:g}"] = sum(val.values()) / len(val)
+        chosen[method] = float(max(grid[method], key=grid[method].get))
+    print(f"  learning rates chosen on val: {chosen} (val accuracy per rate: {grid})", flush=True)
+    # 3. Every arm on every seed, at its chosen rate.
+    arms: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        groups = runner.curate(seed)
+        for arm, (mode, sets, lr_of) in ARMS.items():
+            lr = chosen[lr_of]
+            run = runner.train(arm, groups, mode, lr, seed, sets)
+            out = runner.evaluate(f"{arm}-seed{seed}", run / "final", splits, args.items)
+            arms.setdefault(arm, {})[seed] = {
+                "lr": lr, "cost": training_cost(run), "result": json.loads((run / "result.json").read_text()),
+                "splits": {split: verdicts(out[split]) for split in SPLITS},
+                "metrics": {split: json.loads((out[split] / "metrics.json").read_text()) for split in SPLITS},
+            }
+    return summarize(reference, reference_metrics, arms, seeds, chosen, grid, runner.seconds)
+
+
+def _stack(per_seed: dict[int, dict[str, bool]], seeds: list[int]) -> tuple[list[bool], list[int], list[str]]:
+    ids = sorted(per_seed[seeds[0]])
+    values, strata, keys = [], [], []
+    for seed in seeds:
+        if sorted(per_seed[seed]) != ids:
+            raise ValueError("every seed must be evaluated on the same items")
+        values += [per_seed[seed][i] for i in ids]
+        strata += [seed] * len(ids)
+        keys += [f"{seed}/{i}" for i in ids]
+    return values, strata, keys
+
+
+def summarize(reference, reference_metrics, arms, seeds, chosen, grid, seconds) -> dict:
+    out = {"seeds": seeds, "learning_rates": chosen, "val_accuracy_by_lr": grid, "stage_seconds": seconds,
+           "accuracy": {}, "differences": {}, "behaviour": {}, "cost": {}}
+    # Reference arms are deterministic: the same verdicts stand for every seed.
+    verdicts_by_arm = {name: {split: {s: per_split[split] for s in seeds} for split in SPLITS}
+                       for name, per_split in reference.items()}
+    for arm, per_seed in arms.items():
+        verdicts_by_arm[arm] = {split: {s: per_seed[s]["splits"][split] for s in seeds} for split in SPLITS}
+    for arm, per_split in verdicts_by_arm.items():
+        for split, per_seed in per_split.items():
+            values, _, _ = _stack(per_seed, seeds)
+            by_seed = [sum(per_seed[s].values()) / len(per_seed[s]) for s in seeds]
+            pooled = wilson_interval(values)
+            out["accuracy"].setdefault(arm, {})[split] = {
+                "by_seed": by_seed, "mean": statistics.mean(by_seed),
+                "seed_sd": statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0,
+                "pooled_interval": [pooled.low, pooled.high], "n": pooled.n}
+    pairs = [("advdistill", "sft"), ("advdistill-k3", "sft"), ("advdistill", "advdistill-k3"),
+             ("advdistill", "base"), ("advdistill-k3", "base"), ("sft", "base")]
+    for a, b in pairs:
+        for split in SPLITS:
+            va, strata, _ = _stack(verdicts_by_arm[a][split], seeds)
+            vb, _, _ = _stack(verdicts_by_arm[b][split], seeds)
+            d = paired_difference(va, vb, strata=strata)
+            out["differences"].setdefault(f"{a} − {b}", {})[split] = d.as_dict()
+    for arm in list(reference_metrics) + list(arms):
+        for split in SPLITS:
+            ms = ([reference_metrics[arm][split]] if arm in reference_metrics
+                  else [arms[arm][s]["metrics"][split] for s in seeds])
+            def mean(key, sub=None):
+                vals = [(m[key] if sub is None else m[key][sub]) for m in ms]
+                vals = [v for v in vals if v is not None]
+                return statistics.mean(vals) if vals else None
+            out["behaviour"].setdefault(arm, {})[split] = {
+                "tokens_correct": mean("mean_tokens_correct"), "tokens_incorrect": mean("mean_tokens_incorrect"),
+                "verbosity_ratio": mean("verbosity_ratio"), "degeneracy_correct": mean("degeneracy_correct"),
+                "degeneracy_incorrect": mean("degeneracy_incorrect"), "template_all": mean("template", "all"),
+                "template_think": mean("template", "think"), "template_answer": mean("template", "answer"),
+                "template_boxed": mean("template", "boxed")}
+    for arm, per_seed in arms.items():
+        costs = [per_seed[s]["cost"] for s in seeds]
+        out["cost"][arm] = {"step_seconds": statistics.median(c["step_seconds"] for c in costs),
+                            "tokens": statistics.median(c["tokens"] for c in costs),
+                            "train_groups": statistics.median(per_seed[s]["result"]["train_groups"] for s in seeds),
+                            "dropped_groups": statistics.median(per_seed[s]["result"].get("dropped_groups", 0) for s in seeds)}
+    sft = out["cost"]["sft"]
+    for arm, c in out["cost"].items():
+        c["seconds_vs_sft"] = c["step_seconds"] / sft["step_seconds"]
+        c["tokens_vs_sft"] = c["tokens"] / sft["tokens"]
+    return out
+
+
+LABELS = {"teacher": "Teacher", "base": "Student base", "sft": "SFT", "advdistill": "AdvDistill (K = 8)",
+          "advdistill-k3": "AdvDistill (K' = 3)"}
+
+
+def render(r: dict) -> str:
+    seeds = r["seeds"]
+    lines = [f"Seeds {seeds}; learning rates chosen on `val`: {r['learning_rates']} "
+             f"(val accuracy per rate: {json.dumps(r['val_accuracy_by_lr'])}); wall {r['wall_seconds'] / 60:.0f} min.", "",
+             "| Arm | test: mean over seeds (per seed) [pooled 95% interval] | OOD: mean (per seed) [interval] |",
+             "|---|---|---|"]
+    for arm, per in r["accuracy"].items():
+        cells = []
+        for split in SPLITS:
+            a = per[split]
+            cells.append(f"{pct(a['mean'])} ({', '.join(pct(x) for x in a['by_seed'])}) "
+                         f"[{pct(a['pooled_interval'][0])}, {pct(a['pooled_interval'][1])}]")
+        lines.append(f"| {LABELS.get(arm, arm)} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Paired differences in points, pooled over seeds (bootstrap stratified by seed, 95%):", "",
+              "| Difference | test | OOD |", "|---|---|---|"]
+    for name, per in r["differences"].items():
+        a, b = name.split(" − ")
+        cells = [f"{100 * per[s]['value']:+.1f} [{100 * per[s]['low']:+.1f}, {100 * per[s]['high']:+.1f}]" for s in SPLITS]
+        lines.append(f"| {LABELS.get(a, a)} − {LABELS.get(b, b)} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Behaviour (paper Tables 6–7; means over seeds): tokens of correct / incorrect answers, verbosity "
+              "ratio, seq-rep-4 ×100 correct / incorrect, template adherence (all three parts):", "",
+              "| Arm | split | tokens ✓ | tokens ✗ | ratio | rep-4 ✓ | rep-4 ✗ | template |", "|---|---|---|---|---|---|---|---|"]
+
+    def f(x, d=1):
+        return "–" if x is None else f"{x:.{d}f}"
+    for arm, per in r["behaviour"].items():
+        for split, b in per.items():
+            lines.append(f"| {LABELS.get(arm, arm)} | {split} | {f(b['tokens_correct'])} | {f(b['tokens_incorrect'])} | "
+                         f"{f(b['verbosity_ratio'], 2)} | {f(b['degeneracy_correct'], 2)} | {f(b['degeneracy_incorrect'], 2)} | "
+                         f"{f(100 * b['template_all'] if b['template_all'] is not None else None)}% |")
+    lines += ["", "Training cost (medians over seeds; seconds of optimizer steps, start-up excluded):", "",
+              "| Arm | training groups | dropped (K') | steps s | × SFT | tokens | × SFT |", "|---|---|---|---|---|---|---|"]
+    for arm, c in r["cost"].items():
+        lines.append(f"| {LABELS.get(arm, arm)} | {c['train_groups']:.0f} | {c['dropped_groups']:.0f} | "
+                     f"{c['step_seconds']:.0f} | {c['seconds_vs_sft']:.2f}× | {c['tokens']:,.0f} | {c['tokens_vs_sft']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
