@@ -73,6 +73,20 @@ def agent_ports() -> list[str]:
             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
 
 
+def submit_distill(client, entrypoint: str) -> str:
+    """Submit ENTRYPOINT with the repository as the job's working dir (the code reaches every node
+    through the runtime environment; the Python env is the nodes' own)."""
+    runtime_env = {"working_dir": str(REPO), "excludes": [".venv", "runs", ".git", "*.egg-info"]}
+    for attempt in range(15):  # the head's job agent answers a few seconds after `ray start` returns
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or attempt == 14:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Head (`serve`) + worker A (`inference`) + worker B (`train`), each its own `ray start`."""
@@ -107,15 +121,7 @@ def run(single_node_curation, cluster, tmp_path_factory):
     entrypoint = " ".join([sys.executable, "ray_jobs/distill.py", "--output", str(output), "--serve",
                            *(f"--set '{o}'" for o in overrides)])
     client = JobSubmissionClient(cluster["dashboard"])
-    runtime_env = {"working_dir": str(REPO), "excludes": [".venv", "runs", ".git", "*.egg-info"]}  # env: the nodes'
-    for attempt in range(15):  # the head's job agent answers a few seconds after `ray start` returns
-        try:
-            job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-            break
-        except RuntimeError as error:
-            if "No available agent" not in str(error) or attempt == 14:
-                raise
-            time.sleep(2)
+    job = submit_distill(client, entrypoint)
     started, manifest = time.time(), {}
     try:
         while time.time() - started < 540:

@@ -25,9 +25,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, free_port
+from conftest import free_port
 from ray_nodes import new_temp_dir, start_node, stop_nodes
-from test_multinode import ENV, agent_ports
+from test_multinode import ENV, agent_ports, submit_distill
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +87,7 @@ def survived(tmp_path_factory):
         client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
         entrypoint = " ".join([sys.executable, "ray_jobs/distill.py", "--output", str(output),
                                *(f"--set '{o}'" for o in OVERRIDES)])
-        runtime_env = {"working_dir": str(REPO), "excludes": [".venv", "runs", ".git", "*.egg-info"]}
-        for attempt in range(15):  # the head's job agent answers a few seconds after `ray start`
-            try:
-                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-                break
-            except RuntimeError as error:
-                if "No available agent" not in str(error) or attempt == 14:
-                    raise
-                time.sleep(2)
+        job = submit_distill(client, entrypoint)
         started = time.time()
 
         def curation_half_done():
