@@ -82,6 +82,19 @@ def client_server(port: int) -> list[psutil.Process]:
     return found
 
 
+def freeze_nodes(temp_dir: str) -> int:
+    """SIGSTOP every process of the nodes started with `temp_dir`: the node stops in the state it
+    is in (what it has written stays written, nothing more happens) until `stop_nodes` kills it.
+    Returns how many processes were frozen."""
+    procs = node_processes(temp_dir)
+    for proc in procs:
+        try:
+            proc.suspend()
+        except psutil.NoSuchProcess:
+            pass
+    return len(procs)
+
+
 def stop_nodes(temp_dir: str, timeout: float = 10.0) -> None:
     """Kill every process of the nodes started with `temp_dir` (the head's Ray Client server
     included), wait until they are gone, and remove the folder."""

@@ -26,15 +26,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port
-from ray_nodes import new_temp_dir, start_node, stop_nodes
+from ray_nodes import freeze_nodes, new_temp_dir, start_node, stop_nodes
 from test_multinode import ENV, agent_ports, submit_distill
+
+from advdistill.train.loop import HF_EXPORT, TRAINER_STATE
 
 pytestmark = pytest.mark.slow
 
 PROMPTS = 48
 OVERRIDES = [
     f"curate.dataset.limit={PROMPTS}", "curate.engine.batch_size=4", "curate.engine.concurrent_batches=1",
-    "train.epochs=2", "train.groups_per_step=2", "train.checkpoint_every=3", "train.val_every=1000",
+    # 4 epochs of ~23 steps, a checkpoint every 3: node B is frozen at the first checkpoint seen
+    "train.epochs=4", "train.groups_per_step=2", "train.checkpoint_every=3", "train.val_every=1000",
     "train.max_failures=2", "eval.test.limit=6", "eval.ood=[]", "sft_baseline=false",
     "curate.resources.custom={inference: 1}", "eval.resources.custom={inference: 1}",
     "train.resources.custom={train: 1}", "train.num_workers=1", "train.resources.cpus_per_worker=1",
@@ -57,6 +60,17 @@ def wait_for(condition, what: str, client, job: str, timeout: float) -> None:
             break
         time.sleep(0.3)
     raise AssertionError(f"never saw {what} (job {client.get_job_status(job)}):\n{client.get_job_logs(job)[-5000:]}")
+
+
+def newest_checkpoint_step(checkpoints: Path) -> int:
+    """The step of the newest checkpoint whose trainer state is already written (0 if none)."""
+    steps = [0]
+    for folder in checkpoints.glob("checkpoint_*"):
+        try:
+            steps.append(json.loads((folder / TRAINER_STATE).read_text())["global_step"])
+        except (OSError, ValueError, KeyError):  # still being persisted
+            continue
+    return max(steps)
 
 
 def worker_node(port: int, resources: str, env: dict) -> str:
@@ -108,6 +122,11 @@ def survived(tmp_path_factory):
                 output / "train-advdistill" / "result.json").is_file()
 
         wait_for(checkpoint_written, "a training checkpoint", client, job, 400)
+        # Frozen at once (SIGSTOP), so training cannot run on to its end while the node's
+        # processes are listed and killed: the kill must land mid-training on any machine.
+        freeze_nodes(nodes[1])
+        events["checkpoint_step_at_kill"] = newest_checkpoint_step(checkpoints)
+        events["final_export_before_kill"] = any((c / HF_EXPORT).exists() for c in checkpoints.glob("checkpoint_*"))
         stop_nodes(nodes[1])  # node B, with the Train worker, gone mid-training
         nodes[1] = worker_node(port, '{"train": 2}', env)
         events["training_node_lost_s"] = time.time() - started
@@ -136,7 +155,7 @@ def test_every_prompt_is_curated_exactly_once_after_losing_the_teacher_node(surv
 
 
 def test_training_resumes_from_its_checkpoint_after_losing_the_train_node(survived):
-    output, _, _ = survived
+    output, events, _ = survived
     train = output / "train-advdistill"
     result = json.loads((train / "result.json").read_text())
     summary = json.loads((output / "curate" / "summary.json").read_text())
@@ -145,6 +164,8 @@ def test_training_resumes_from_its_checkpoint_after_losing_the_train_node(surviv
     assert steps == list(range(1, len(steps) + 1)) and steps[-1] == result["step"]  # every step once
     rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines() if line.strip()]
     starts = sorted({row["resumed_from"] for row in rows})
+    # The kill landed before the last step: no checkpoint held the final export yet.
+    assert not events["final_export_before_kill"] and events["checkpoint_step_at_kill"] < result["step"], events
     # one fresh start, then a restart from a checkpoint step (never from step 0 again)
     assert starts[0] == 0 and len(starts) >= 2 and starts[-1] >= 3, starts
     assert (train / "final" / "model.safetensors").is_file()
