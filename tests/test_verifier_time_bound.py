@@ -1,9 +1,10 @@
 """SPEC §3: verification never raises and is bounded in time, ≤ 1 s per response whatever the
 input, in any thread or process, without a guard that rejects valid answers.
 
-The bounds asserted here are generous (2 s against the pool's 0.6 s limit): bounds, not
-benchmarks (`bench/scoring.py` measures). The one-time start-up of a process's pool is paid in a
-fixture: it is not part of a response's time.
+The bound asserted is SPEC's 1 s per response, timed from the call (the pool's limit is 0.6 s:
+the rest is the margin for extraction, the kill and a loaded machine); `bench/scoring.py`
+measures the worst case. The one-time start-up of a process's pool is paid in a fixture: it is
+not part of a response's time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from advdistill.scoring import answers_match, is_correct
 from advdistill.scoring import math_verify_pool
 from advdistill.scoring.math_verify_pool import MathVerifyPool
 
-BOUND_S = 2.0
+BOUND_S = 1.0
 
 # Inputs on which sympy works in C for minutes (or runs out of memory): SIGALRM cannot stop them.
 EXPLOSIVE = [
@@ -112,8 +113,26 @@ def test_concurrent_threads_each_get_a_bounded_verdict():
     for thread in threads:
         thread.join(timeout=60)
     assert [verdict for verdict, _ in results] == [expected for _, _, expected in jobs]
-    # more threads than workers: some wait for a free one, but the whole lot stays bounded
-    assert time.perf_counter() - start < 3 * BOUND_S
+    # more threads than idle workers: each caller still gets its own worker, and its own bound
+    assert max(seconds for _, seconds in results) < BOUND_S, results
+    assert time.perf_counter() - start < 2 * BOUND_S
+
+
+def test_concurrent_power_towers_do_not_queue_behind_each_other():
+    """Serve scores in 4 threads: 4 power towers at once each end within the bound, rather than
+    0.6, 1.2, 1.8 and 2.4 s behind each other."""
+    results = [None] * 4
+
+    def run(i):
+        results[i] = timed(answers_match, f"10^{{10^{{{10 + i}}}}}", "7", "open_s1")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(results))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(verdict is False for verdict, _ in results)
+    assert max(seconds for _, seconds in results) < BOUND_S, results
 
 
 def _score_in_child(queue) -> None:

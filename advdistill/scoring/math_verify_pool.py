@@ -15,6 +15,14 @@ the next call wait for a replacement. Nothing outlives this process: the server 
 its workers when this process closes its socket (at exit) or dies, and workers get SIGKILL when
 the server goes.
 
+Why a worker per concurrent caller: the bound is per response, counted from the call, so a
+caller never queues behind another's comparison (four Serve threads each scoring a power tower
+would otherwise take 0.6, 1.2, 1.8 and 2.4 s). A caller with no idle worker forks one (a few
+milliseconds from the warm server); idle workers beyond `MAX_IDLE` are ended. Workers on shared
+cores are fine: the limit is wall time, and legitimate comparisons take milliseconds. Only past
+`MAX_BUSY` callers (a runaway, not a workload) does a call wait, and its wait counts against its
+limit.
+
 The start-up (the server's imports and its first worker, about a second) is paid once per
 process, by its first LaTeX answer or by `warm_up()`; it is not part of a comparison's time.
 
@@ -43,7 +51,7 @@ log = logging.getLogger(__name__)
 # extraction, the kill and the bookkeeping on a loaded machine. Legitimate comparisons take
 # 1 ms (median) to 0.13 s (slowest of the 455 in tests/test_verifier_agreement.py) in a worker.
 TIME_LIMIT_S = 0.6
-# Waiting for a worker (the one-time start-up, or all workers busy) gives up after this long.
+# Waiting for the one-time start-up (the fork server's imports) gives up after this long.
 STARTUP_LIMIT_S = 60.0
 
 
@@ -54,10 +62,10 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# No more workers than cores this process may use (at least one busy and one spare, at most 4):
-# more would make comparisons share a core and run into the limit; extra callers wait for a
-# free worker instead, which does not count against the limit.
-MAX_WORKERS = max(2, min(4, _usable_cpus()))
+# Idle workers kept warm between calls (at least one spare; about one per core, at most 4).
+MAX_IDLE = max(2, min(4, _usable_cpus()))
+# Workers comparing at once: one per concurrent caller, up to this safety cap.
+MAX_BUSY = 64
 CACHE_SIZE = 16_384
 CACHEABLE_CHARS = 2_000  # longer pairs are not cached (the cache would hold their text)
 
@@ -111,6 +119,10 @@ class _ForkServer:
         self._control = ours
         self._control.settimeout(STARTUP_LIMIT_S)  # the first fork waits for the server's imports
         self._lock = threading.Lock()
+        self.started = False  # its imports done: it has forked a worker
+
+    def ready(self) -> bool:
+        return self.started and self.alive()
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -124,6 +136,7 @@ class _ForkServer:
                 reply = self._control.recv(_PID_BYTES)
             if len(reply) != _PID_BYTES:
                 raise OSError("the math-verify fork server is gone")
+            self.started = True
         except BaseException:
             ours.close()
             raise
@@ -156,9 +169,10 @@ class _Worker:
 class MathVerifyPool:
     """Worker processes running math-verify, each comparison bounded by `time_limit_s`."""
 
-    def __init__(self, time_limit_s: float = TIME_LIMIT_S, max_workers: int = MAX_WORKERS) -> None:
+    def __init__(self, time_limit_s: float = TIME_LIMIT_S, max_idle: int = MAX_IDLE, max_busy: int = MAX_BUSY) -> None:
         self.time_limit_s = time_limit_s
-        self.max_workers = max(2, max_workers)  # one busy, one spare
+        self.max_idle = max(1, max_idle)
+        self.max_workers = max(2, max_busy)  # live workers, busy or idle
         self._server: _ForkServer | None = None
         self._server_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -175,6 +189,9 @@ class MathVerifyPool:
 
         Raises `_TimedOut` past the time limit (the worker is killed) or if workers die, and
         `_Unavailable` when no worker can be had at all."""
+        server = self._server
+        if server is None or not server.ready():
+            self.warm_up()  # the one-time start-up (or a restart after the server died): not timed
         try:
             return self._verify_once(reference, answer, self.time_limit_s)
         except _WorkerDied as died:  # e.g. its fork server was killed: once more, in the time left
@@ -185,7 +202,7 @@ class MathVerifyPool:
 
     def warm_up(self) -> None:
         """Start the fork server and a worker now rather than on the first LaTeX answer."""
-        self._release(self._acquire(), healthy=True)
+        self._release(self._acquire(time.monotonic() + STARTUP_LIMIT_S), healthy=True)
 
     def close(self) -> None:
         if os.getpid() != self._owner:
@@ -201,12 +218,12 @@ class MathVerifyPool:
     # -- workers -------------------------------------------------------------------------------
 
     def _verify_once(self, reference: str, answer: str, time_limit_s: float) -> bool:
-        worker = self._acquire()  # waiting for a worker is not the comparison's time
-        healthy = False
         start = time.monotonic()
+        worker = self._acquire(start + time_limit_s)  # getting a worker counts against the limit
+        healthy = False
         try:
             worker.conn.send((reference, answer))
-            if not worker.conn.poll(time_limit_s):
+            if not worker.conn.poll(max(0.0, time_limit_s - (time.monotonic() - start))):
                 raise _TimedOut(f"over {self.time_limit_s} s")  # killed below
             verdict = worker.conn.recv()
             healthy = True
@@ -243,8 +260,9 @@ class MathVerifyPool:
         worker.server.kill(worker.pid)
         worker.conn.close()
 
-    def _acquire(self) -> _Worker:
-        deadline = time.monotonic() + STARTUP_LIMIT_S
+    def _acquire(self, deadline: float) -> _Worker:
+        """An idle worker, else a new one; past `max_workers` live ones, wait until `deadline`.
+        The one-time start-up of the fork server is not bounded by `deadline` (see the module)."""
         with self._cond:
             self._drop_orphans_locked()
             while not self._idle:
@@ -255,7 +273,7 @@ class MathVerifyPool:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _Unavailable("no math-verify worker became free")
+                    raise _TimedOut(f"all {self.max_workers} math-verify workers busy")
                 self._cond.wait(min(remaining, 0.1))
             else:
                 worker = self._idle.pop()
@@ -272,7 +290,7 @@ class MathVerifyPool:
 
     def _release(self, worker: _Worker, healthy: bool) -> None:
         with self._cond:
-            if healthy and not self._closed:
+            if healthy and not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(worker)
                 self._cond.notify()
                 return
