@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ray_nodes import new_temp_dir, start_node, stop_nodes
+from ray_nodes import agent_ports, new_temp_dir, start_node, stop_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -70,7 +70,7 @@ def ray_cluster():
     # Serve replicas must all be schedulable side by side (FIELD-NOTES).
     temp_dir = new_temp_dir()
     start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=6", "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"], temp_dir)
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *agent_ports()], temp_dir)
     address = f"127.0.0.1:{port}"
     try:
         ray.init(address=address, log_to_driver=False,

@@ -38,6 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def agent_ports() -> list[str]:
+    """A node's agents on free ports: several nodes on one host (and any other Ray here) would
+    otherwise all take the default agent ports, and the job server finds no agent to run a job."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
 def start_node(args: list[str], temp_dir: str, env: dict[str, str] | None = None) -> None:
     """`ray start ARGS --temp-dir=TEMP_DIR` (head or worker)."""
     if "--head" in args:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, free_port
-from ray_nodes import new_temp_dir, start_node, stop_nodes
+from ray_nodes import agent_ports, new_temp_dir, start_node, stop_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +64,6 @@ def single_node_curation(tmp_path_factory):
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return curated_ids(out)
-
-
-def agent_ports() -> list[str]:
-    """Each node's agents on free ports: three nodes on one host (and any other Ray here) would
-    otherwise all take the default agent ports, and the job server finds no agent to run a job."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
 
 
 def submit_distill(client, entrypoint: str) -> str:

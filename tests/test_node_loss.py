@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port
-from ray_nodes import freeze_nodes, new_temp_dir, start_node, stop_nodes
-from test_multinode import ENV, agent_ports, submit_distill
+from ray_nodes import agent_ports, freeze_nodes, new_temp_dir, start_node, stop_nodes
+from test_multinode import ENV, submit_distill
 
 from advdistill.train.loop import HF_EXPORT, TRAINER_STATE
 
