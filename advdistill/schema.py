@@ -21,6 +21,11 @@ import types
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, TypedDict, Union, get_args, get_origin, get_type_hints
 
+try:
+    from typing import NotRequired
+except ImportError:  # Python 3.10
+    from typing_extensions import NotRequired
+
 from advdistill.tasks import breakdown_fields
 
 if TYPE_CHECKING:
@@ -69,6 +74,13 @@ class CuratedGroup(ScoredGroup):
 
     teacher: str
     sampling: str  # JSON of the curate.sampling settings
+    # What a teacher behind an endpoint (`engine: openai`) was asked for this group, as the server
+    # counted it: requests sent (the client's retries included) and the prompt and completion
+    # tokens of their `usage`. None where the teacher is local (accelerator-hours account for it).
+    # Optional in a row (`to_arrow` fills None): groups built without a teacher, older shards.
+    requests: NotRequired[int | None]
+    prompt_tokens: NotRequired[int | None]
+    completion_tokens: NotRequired[int | None]
 
 
 class TokenisedGroup(TypedDict):
@@ -106,9 +118,14 @@ def columns(row_type: type) -> tuple[str, ...]:
     return tuple(get_type_hints(row_type))
 
 
+OPTIONAL = {b"optional": b"true"}  # field metadata of a `NotRequired` column: a row may leave it out
+
+
 def _arrow_type(annotation: Any) -> "pa.DataType":
     import pyarrow as pa
 
+    if get_origin(annotation) is NotRequired:
+        (annotation,) = get_args(annotation)
     if get_origin(annotation) in (Union, types.UnionType):  # X | None: every Arrow column is nullable
         (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
     if get_origin(annotation) is list:
@@ -123,7 +140,10 @@ def arrow_schema(row_type: type) -> "pa.Schema":
     """The Arrow schema of a typed row."""
     import pyarrow as pa
 
-    return pa.schema([pa.field(name, _arrow_type(kind)) for name, kind in get_type_hints(row_type).items()])
+    # With the extras: `NotRequired` is read from the annotations themselves (under postponed
+    # annotations Python 3.11's TypedDict does not see it: `__optional_keys__` stays empty).
+    return pa.schema([pa.field(name, _arrow_type(kind), metadata=OPTIONAL if get_origin(kind) is NotRequired else None)
+                      for name, kind in get_type_hints(row_type, include_extras=True).items()])
 
 
 def prediction_schema() -> "pa.Schema":
@@ -133,19 +153,20 @@ def prediction_schema() -> "pa.Schema":
 
 
 def to_arrow(rows: Iterable[Mapping[str, Any]], schema: "pa.Schema", extra: Iterable[str] = ()) -> "pa.Table":
-    """Rows as a table of `schema`, `meta` as JSON. Every schema column must be in every row;
-    `extra` names further columns that ride along (their type inferred, e.g. an evaluation's
-    split label)."""
+    """Rows as a table of `schema`, `meta` as JSON. Every schema column must be in every row, but
+    for the optional ones (`NotRequired`: None when left out); `extra` names further columns that
+    ride along (their type inferred, e.g. an evaluation's split label)."""
     import pyarrow as pa
 
     extra = [name for name in extra if name not in schema.names]
     names = [*schema.names, *extra]
+    optional = {f.name for f in schema if f.metadata == OPTIONAL}
     table: dict[str, list[Any]] = {name: [] for name in names}
     for row in rows:
         for name in names:
-            if name not in row:
+            if name not in row and name not in optional:
                 raise KeyError(f"row {row.get('id')!r} has no column {name!r}")
-            value = row[name]
+            value = row.get(name)
             if name == "meta":
                 if not isinstance(value, Mapping):
                     raise TypeError(f"row {row.get('id')!r}: meta must be a dict, got {type(value).__name__}")

@@ -5,9 +5,10 @@ serving the tiny teacher (the server `vllm serve` runs; started as
 for the metadata of a package named `vllm` and stops).
 
 Shown: curation through the endpoint writes groups of the same shape and accounting as the local
-engine, with requests and no accelerator-hours in the summary; with the server killed mid-run the
-run stops, and after a restart the rerun completes with every prompt id exactly once; a wrong key
-(401) and an unknown model (404) are immediate, clear errors."""
+engine, with the requests and tokens the server counted (not accelerator-hours) in each group and
+summed in the summary; with the server killed mid-run the run stops, and after a restart the
+rerun completes with every prompt id exactly once; a wrong key (401) and an unknown model (404)
+are immediate, clear errors."""
 
 from __future__ import annotations
 
@@ -104,10 +105,26 @@ def test_curation_through_the_endpoint_matches_the_local_engine_in_shape_and_acc
     remote_cfg = with_overrides(tiny_cfg, dict(parse_override(o) for o in endpoint_overrides(server)))
     local, remote = curate(local_cfg, tmp_path / "local"), curate(remote_cfg, tmp_path / "remote")
     assert remote["prompts_read"] == remote["prompts_written"] == PROMPTS
-    assert remote["teacher_endpoint"] == {"base_url": server.url, "model": "tiny-teacher", "api": "completions",
-                                          "requests": PROMPTS}
+    billed = remote["teacher_endpoint"]
+    assert {k: billed[k] for k in ("base_url", "model", "api", "requests", "groups_counted")} == {
+        "base_url": server.url, "model": "tiny-teacher", "api": "completions", "requests": PROMPTS,
+        "groups_counted": PROMPTS}  # n = K: one request per prompt, none retried
     assert remote["accelerator_hours"] == 0 and "teacher_endpoint" not in local
     a, b = rows(tmp_path / "local"), rows(tmp_path / "remote")
+    # Each group carries what the server counted for its prompt (`usage`); the summary is their sum.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TINY_TEACHER)
+    for y in b:
+        assert y["requests"] == 1
+        assert y["prompt_tokens"] == len(tok(y["prompt"])["input_ids"])  # the prompt once, as the server read it
+        assert y["completion_tokens"] >= len(y["responses"])
+    assert all(x["requests"] is None and x["completion_tokens"] is None for x in a)  # a local teacher: none
+    assert billed["prompt_tokens"] == sum(y["prompt_tokens"] for y in b) > 0
+    assert billed["completion_tokens"] == sum(y["completion_tokens"] for y in b) > 0
+    # The server's count of the samples' tokens and ours (the teacher's tokenizer on the text, the
+    # stop token included) agree up to re-tokenization.
+    assert billed["completion_tokens"] == pytest.approx(remote["tokens_generated"], rel=0.1)
     assert [r["id"] for r in a] == [r["id"] for r in b]
     for x, y in zip(a, b):
         assert x["prompt"] == y["prompt"]  # the same rendered prompt as the local path
@@ -115,9 +132,6 @@ def test_curation_through_the_endpoint_matches_the_local_engine_in_shape_and_acc
         assert set(y["finish_reasons"]) <= {"stop", "length"} and min(y["token_lengths"]) > 0
         assert y["keep"] == any(y["correct"]) and len(y["advantages"]) == 8
     # Token counts are the teacher tokenizer's (the rewards' L), the stop token included.
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(TINY_TEACHER)
     y = b[0]
     assert y["token_lengths"] == [len(tok(t, add_special_tokens=False)["input_ids"]) + (f == "stop")
                                   for t, f in zip(y["responses"], y["finish_reasons"])]

@@ -4,9 +4,15 @@ AdvDistill loss, sharded checkpoints, the merged export that vLLM loads.
 Shown: only the adapters change (every weight outside the target modules is bit-identical to
 the base, and the base weights inside them are restored by subtracting the adapters' update);
 the merged export gives the same log-probs as base + adapter; a run that fails and resumes ends
-with the same parameters as an uninterrupted one; and the export evaluates end to end."""
+with the same parameters as an uninterrupted one; and the export evaluates end to end, in
+process and through the command-line entry points (`--set train.lora.r=8`)."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,7 +25,7 @@ from advdistill.train.loop import loss_terms, make_batch
 from advdistill.train.model import ResponseLogProbs
 from advdistill.train.trainer import groups_folder, train
 
-from conftest import TINY_STUDENT
+from conftest import REPO, TINY_STUDENT
 from groups_fixture import write_groups
 
 pytestmark = pytest.mark.slow
@@ -105,4 +111,27 @@ def test_the_lora_export_evaluates(lora_run, tiny_cfg, tmp_path):
 
     out, _, _ = lora_run
     metrics = evaluate(tiny_cfg, str(out / "final"), DatasetConfig(name="synthetic", split="test", limit=8), tmp_path)
+    assert metrics["n"] == 8 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_the_command_line_trains_exports_and_evaluates_a_lora_student(ray_cluster, groups, tmp_path):
+    """Issue 17's "done when", as a user types it: `ray_jobs/train.py --set train.lora.r=8`, then
+    `ray_jobs/evaluate.py` on its `final/`, each a driver joined to the running cluster."""
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
+
+    def entry_point(script: str, *args: str) -> None:
+        done = subprocess.run([sys.executable, str(REPO / "ray_jobs" / script), *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+
+    out = tmp_path / "train"
+    entry_point("train.py", "--groups", str(groups), "--output", str(out), "--set", f"student={TINY_STUDENT}",
+                "--set", "train.lora.r=8", "--set", "train.epochs=1", "--set", "train.val_fraction=0.0",
+                "--set", "train.max_steps=2")
+    assert (out / "final" / ADAPTER / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "final")  # a plain transformers folder
+    assert not any("lora_" in name for name in merged.state_dict())
+    entry_point("evaluate.py", "--model", str(out / "final"), "--dataset", "synthetic", "--split", "test",
+                "--limit", "8", "--output", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 8 and 0 <= metrics["accuracy"] <= 1

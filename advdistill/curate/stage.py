@@ -8,6 +8,11 @@ whichever node ran it, into a folder every node sees (a shared mount or a URI su
 `s3://bucket/run/curate`). The driver only streams each row's id, verdict and token count
 (`iter_batches`: progress lines, throughput) and writes `quarantine.jsonl` and `summary.json`. A
 rerun generates only the prompts not yet written, so the output holds every prompt id exactly once.
+
+A teacher behind an endpoint costs requests and tokens, not accelerator-hours: each group carries
+what its prompt was asked of the server (requests sent, retries included; prompt and completion
+tokens from `usage`), written with it, so the summary's `teacher_endpoint` sums what every group
+written so far cost, across runs and reruns.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from advdistill.config import ExperimentConfig, dump_config
 from advdistill.curate.store import CurateOutput, read_shards, write_scored_batch
 from advdistill.data.loaders import load_records
 from advdistill.generation.engines import GenerationParams
-from advdistill.generation.ray_stage import actor_pool, check_context, generate_and_score
+from advdistill.generation.ray_stage import USAGE, actor_pool, check_context, generate_and_score
 from advdistill.schema import CuratedGroup, GeneratedGroup, arrow_schema
 from advdistill.storage import resolved, uri
 from advdistill.scoring import score_group
@@ -128,7 +133,7 @@ def _histogram(values: list[float], bins: int = 20) -> dict[str, list[float]]:
 
 def summarize(out: CurateOutput, cfg: ExperimentConfig, total: int, quarantined: int) -> dict[str, Any]:
     """Figures over everything written so far (all runs into this folder)."""
-    columns = ["id", "correct", "token_lengths", "rewards", "advantages", "format_ok"]
+    columns = ["id", "correct", "token_lengths", "rewards", "advantages", "format_ok", *USAGE]
     kept, dropped = read_shards(out.groups, columns), read_shards(out.dropped, columns)
     tables = [t for t in (kept, dropped) if t is not None]
 
@@ -157,17 +162,23 @@ def summarize(out: CurateOutput, cfg: ExperimentConfig, total: int, quarantined:
         "correct_per_group": np.bincount(per_group, minlength=k + 1).tolist() if per_group else [],
         "reward_histogram": _histogram(flat("rewards")),
         "advantage_histogram": _histogram(flat("advantages")),
-        **endpoint_costs(cfg, sum(t.num_rows for t in tables)),
+        **endpoint_costs(cfg, tables),
     }
 
 
-def endpoint_costs(cfg: ExperimentConfig, prompts: int) -> dict[str, Any]:
-    """For a teacher behind an endpoint (`engine: openai`): what it was asked, in requests and
-    tokens, instead of accelerator-hours (it computes on someone else's accelerators). Requests
-    are counted as sent once each; the client's retries of failed attempts are not billed work."""
+def endpoint_costs(cfg: ExperimentConfig, tables: list[Any]) -> dict[str, Any]:
+    """For a teacher behind an endpoint (`engine: openai`): what it was asked, instead of
+    accelerator-hours (it computes on someone else's accelerators), summed over the written
+    groups' own counts: `requests` sent (the client's retries of failed attempts included),
+    `prompt_tokens` and `completion_tokens` as the server counted them (`usage`), and
+    `groups_counted`, the groups that carry counts (groups written without them count none)."""
     engine = cfg.curate.engine
     if engine.engine != "openai":
         return {}
-    per_prompt = 1 if engine.endpoint.samples_per_request == "n" else cfg.curate.sampling.n
+
+    def total(name: str) -> int:
+        return int(sum(pc.sum(t.column(name)).as_py() or 0 for t in tables))
+
     return {"teacher_endpoint": {"base_url": engine.endpoint.base_url, "model": engine.endpoint.model or cfg.teacher,
-                                 "api": "completions", "requests": prompts * per_prompt}}
+                                 "api": "completions", **{name: total(name) for name in USAGE},
+                                 "groups_counted": sum(t.num_rows - t.column("requests").null_count for t in tables)}}

@@ -3,7 +3,8 @@
     OUTPUT/groups/*.parquet    kept groups (`schema.CuratedGroup`): the groups table training reads
     OUTPUT/dropped/*.parquet   groups with no correct response, same schema
     OUTPUT/quarantine.jsonl    input rows that could not become records, and why
-    OUTPUT/summary.json        counts, accuracy, tokens, wall time, accelerator-hours, histograms
+    OUTPUT/summary.json        counts, accuracy, tokens, wall time, accelerator-hours (an endpoint teacher:
+                               requests and billed tokens, summed over the groups), histograms
     OUTPUT/runs.jsonl          one line per run into this folder (what it generated, how long)
     OUTPUT/config.yaml         the resolved config
 

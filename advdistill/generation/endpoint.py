@@ -9,11 +9,18 @@ ends, as with the local engines. Finish reasons are the server's (`stop` / `leng
 response's token count comes from the teacher's tokenizer (the stop token included when the
 server stopped, as the local engines count it), the request totals from `usage`.
 
+What each prompt cost is counted where it is known: `generate_metered` returns, beside the
+completions, one `usage` per prompt — requests sent (the client's retries included: 1 +
+`retries_taken` per call), prompt and completion tokens as the server counted them — which the
+Ray Data stage writes into that prompt's group (`schema.CuratedGroup`), so the curation summary
+sums what the written groups cost, across runs and reruns. `stats` keeps the engine's running
+totals.
+
 The official `openai` client does the HTTP: retries with exponential backoff on 408/409/429/5xx,
 timeouts and refused connections (honouring Retry-After), and typed errors. On top of it: a
 bound on requests in flight (a thread pool of `max_concurrency`), an optional request-rate cap,
 and a clear, immediate error on 401/403/404 (`EndpointError`, naming the key variable or model).
-`stats` counts requests, retried attempts and billed tokens for the curation summary.
+`stats` counts requests sent (retries included), the retries among them and billed tokens.
 """
 
 from __future__ import annotations
@@ -69,13 +76,14 @@ class OpenAIEngine:
         self.pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrency, thread_name_prefix="endpoint")
         self.limiter = RateLimiter(self.cfg.requests_per_second)
         self.seed = seed
-        self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.stats = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._stats_lock = threading.Lock()
 
     # -- one request ------------------------------------------------------------------------
 
-    def _request(self, prompt: str, n: int, params: Any, seed: int | None) -> list[Any]:
-        """The choices of one completions request, in index order."""
+    def _request(self, prompt: str, n: int, params: Any, seed: int | None) -> tuple[list[Any], dict[str, int]]:
+        """The choices of one completions request, in index order, and its `usage` (requests sent,
+        the client's retries included; prompt and completion tokens as the server counted them)."""
         import openai
 
         self.limiter.wait()
@@ -89,7 +97,7 @@ class OpenAIEngine:
             if params.top_k > 0:
                 extra["top_k"] = params.top_k
         try:
-            answer = self.client.completions.create(
+            raw = self.client.completions.with_raw_response.create(
                 model=self.model, prompt=prompt, n=n, temperature=params.temperature, top_p=params.top_p,
                 max_tokens=params.max_tokens, seed=seed if self.cfg.send_seed else None,
                 stop=(stops + list(params.stop))[:4] or None, extra_body=extra or None)
@@ -101,12 +109,16 @@ class OpenAIEngine:
         except openai.NotFoundError as err:
             raise EndpointError(f"{self.cfg.base_url} has no model {self.model!r} (404): check endpoint.model and "
                                 "base_url") from err
+        answer = raw.parse()
+        retries = int(getattr(raw, "retries_taken", 0) or 0)
+        usage = {"requests": 1 + retries,
+                 "prompt_tokens": (answer.usage.prompt_tokens or 0) if answer.usage is not None else 0,
+                 "completion_tokens": (answer.usage.completion_tokens or 0) if answer.usage is not None else 0}
         with self._stats_lock:
-            self.stats["requests"] += 1
-            if answer.usage is not None:
-                self.stats["prompt_tokens"] += answer.usage.prompt_tokens or 0
-                self.stats["completion_tokens"] += answer.usage.completion_tokens or 0
-        return sorted(answer.choices, key=lambda c: c.index)
+            self.stats["retries"] += retries
+            for key, value in usage.items():
+                self.stats[key] += value
+        return sorted(answer.choices, key=lambda c: c.index), usage
 
     def _completion(self, choice: Any) -> Any:
         from advdistill.generation.engines import Completion
@@ -116,28 +128,37 @@ class OpenAIEngine:
         tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + (1 if stopped else 0)
         return Completion(text, tokens, ENDED if stopped else TRUNCATED)
 
-    def _prompt(self, prompt: str, params: Any, seed: int | None) -> list[Any]:
+    def _prompt(self, prompt: str, params: Any, seed: int | None) -> tuple[list[Any], dict[str, int]]:
+        """One prompt's completions and its usage (summed over its requests)."""
         if self.cfg.samples_per_request == "n" or params.n == 1:
-            choices = self._request(prompt, params.n, params, seed)
+            choices, usage = self._request(prompt, params.n, params, seed)
         else:  # one sample per request, each with its own seed
-            choices = [self._request(prompt, 1, params, None if seed is None else seed + i)[0] for i in range(params.n)]
+            answers = [self._request(prompt, 1, params, None if seed is None else seed + i) for i in range(params.n)]
+            choices = [got[0] for got, _ in answers]
+            usage = {key: sum(u[key] for _, u in answers) for key in answers[0][1]}
         if len(choices) != params.n:
             raise EndpointError(f"{self.cfg.base_url} answered {len(choices)} choices for n={params.n}: set "
                                 "endpoint.samples_per_request: one for servers without n")
-        return [self._completion(c) for c in choices]
+        return [self._completion(c) for c in choices], usage
 
     # -- the Engine interface -------------------------------------------------------------
 
     def generate(self, prompts: Sequence[str], params: Any, seeds: Sequence[int] | None = None) -> list[list[Any]]:
+        return self.generate_metered(prompts, params, seeds)[0]
+
+    def generate_metered(self, prompts: Sequence[str], params: Any, seeds: Sequence[int] | None = None
+                         ) -> tuple[list[list[Any]], list[dict[str, int]]]:
+        """`generate`, and per prompt its usage: {"requests", "prompt_tokens", "completion_tokens"}."""
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("one seed per prompt")
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
-        return list(self.pool.map(lambda args: self._prompt(*args), [(p, params, s) for p, s in zip(prompts, seeds)]))
+        answers = list(self.pool.map(lambda args: self._prompt(*args), zip(prompts, [params] * len(prompts), seeds)))
+        return [completions for completions, _ in answers], [usage for _, usage in answers]
 
     def stream(self, prompt: str, params: Any, seed: int | None = None) -> Iterator[Any]:
         from advdistill.generation.engines import Delta
 
-        for index, c in enumerate(self._prompt(prompt, params, seed)):
+        for index, c in enumerate(self._prompt(prompt, params, seed)[0]):
             yield Delta(index, c.text, c.num_tokens, c.finish_reason)
 
     def close(self) -> None:

@@ -6,6 +6,9 @@ A vLLM actor runs `engine.concurrent_batches` calls at once (threads; `engine_co
 call's prompts join the running engine, so it never idles in a batch's tail.
 
 Batches travel as Arrow tables of the `advdistill.schema` tables (`to_arrow`/`from_arrow`).
+An engine that meters what it is asked (the endpoint teacher's `generate_metered`) adds its
+per-prompt usage to each row (`USAGE` columns: requests, prompt and completion tokens), which
+curation keeps in its groups (`schema.CuratedGroup`) and sums in its summary.
 
 Before anything is generated, the driver checks every prompt against the engine's context with
 the model's tokenizer (`check_context`): a prompt that leaves no room for `max_tokens` is a
@@ -45,9 +48,24 @@ def _passengers(batch: pa.Table) -> list[str]:
     return [name for name in batch.column_names if name not in columns(Record)]
 
 
+USAGE = ("requests", "prompt_tokens", "completion_tokens")  # per-row counts of a metered (endpoint) engine
+
+
+class _Metered:
+    """An engine as `generate_rows` sees it, keeping the per-prompt usage of its one `generate`
+    call (one per actor call, so concurrent calls never mix their figures)."""
+
+    def __init__(self, engine: Any):
+        self.engine, self.tokenizer, self.usage = engine, engine.tokenizer, []
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None):
+        outputs, self.usage = self.engine.generate_metered(prompts, params, seeds)
+        return outputs
+
+
 class GenerationActor:
     """Record batch in, the same rows out as `schema.GeneratedGroup` (prompt, responses,
-    token_lengths, finish_reasons)."""
+    token_lengths, finish_reasons), plus the `USAGE` columns where the engine meters its work."""
 
     def __init__(self, model: str, engine: EngineConfig, params: GenerationParams, prompt: PromptConfig,
                  few_shot: int, seed: int):
@@ -57,9 +75,14 @@ class GenerationActor:
         self.max_model_len = engine.max_model_len
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = generate_rows(self.engine, from_arrow(batch), self.params, prompt=self.prompt_cfg, few_shot=self.few_shot,
+        metered = hasattr(self.engine, "generate_metered")
+        engine = _Metered(self.engine) if metered else self.engine
+        rows = generate_rows(engine, from_arrow(batch), self.params, prompt=self.prompt_cfg, few_shot=self.few_shot,
                              seed=self.seed, max_model_len=self.max_model_len)
-        return to_arrow(rows, arrow_schema(GeneratedGroup), extra=_passengers(batch))
+        if not metered:
+            return to_arrow(rows, arrow_schema(GeneratedGroup), extra=_passengers(batch))
+        rows = [{**row, **usage} for row, usage in zip(rows, engine.usage, strict=True)]
+        return to_arrow(rows, arrow_schema(GeneratedGroup), extra=[*_passengers(batch), *USAGE])
 
 
 class ScoringActor:
