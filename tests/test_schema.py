@@ -117,11 +117,28 @@ def test_the_apis_response_models_cover_every_prediction_column_and_breakdown():
     """/openapi.json describes what /evaluate returns: a field the evaluator adds and the
     response model lacks would be dropped from every answer without an error."""
     from advdistill.evaluation.metrics import summarize
-    from advdistill.serve.schemas import EvaluateMetrics, ItemResult
+    from advdistill.serve import schemas
     from advdistill.tasks import breakdown_fields
 
+    # derived from the task registry (a new task's breakdown field needs no edit here: test_tasks)
+    EvaluateMetrics, ItemResult, *_ = models = schemas.response_models()
+    assert models == (schemas.EvaluateMetrics, schemas.ItemResult, schemas.EvaluateResponse, schemas.EvaluationJob)
     assert set(columns(Prediction)) | set(breakdown_fields()) == set(ItemResult.model_fields)
     assert {f"by_{name}" for name in breakdown_fields()} <= set(EvaluateMetrics.model_fields)
     metrics = summarize(["<think>a</think><answer>\\boxed{1}</answer>", "x"], [5, 3], [True, False])
     assert set(metrics) == {name for name in EvaluateMetrics.model_fields if not name.startswith("by_")}
     EvaluateMetrics.model_validate(metrics)
+
+
+def test_the_openai_routes_document_json_and_event_stream_answers():
+    """With `stream: true` /v1/completions and /v1/chat/completions answer server-sent events:
+    /openapi.json documents both content types of their 200 (read from the app, no Serve)."""
+    from advdistill.serve.app import api
+
+    paths = api.openapi()["paths"]
+    for route, model in (("/v1/completions", "Completion"), ("/v1/chat/completions", "ChatCompletion")):
+        content = paths[route]["post"]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+        event = content["text/event-stream"]["schema"]
+        assert event["required"] == ["data"] and event["properties"]["data"]["type"] == "string"
+    assert set(paths["/evaluate"]["post"]["responses"]["200"]["content"]) == {"application/json"}

@@ -16,6 +16,7 @@ import yaml
 from advdistill.data.synthetic import make_split
 
 from conftest import REPO, free_port
+from groups_fixture import write_groups
 
 ITEMS = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in make_split("test", 16)]
 
@@ -97,27 +98,38 @@ def test_items_and_dataset_match_the_offline_evaluator(server, offline_test_metr
             assert body["metrics"][key] == offline[key], key
 
 
-def test_a_new_checkpoint_is_evaluated_without_redeploying(server, checkpoint_root):
-    """A folder written under the checkpoint root after the app was deployed (a new distill.py
-    export) is evaluated by naming its path: loaded on first use by the on-demand deployment (Ray
-    Serve multiplexing), with the same answers as the configured model of the same weights; the
-    replica keeps serve.max_models_per_replica (1 here) engines, least recently used out."""
+def test_a_new_checkpoint_is_evaluated_without_redeploying(server, checkpoint_root, tiny_cfg, tiny_tokenizer, tmp_path):
+    """A checkpoint exported by the project's trainer after the app was deployed (what distill.py's
+    train stage writes: `<run>/train-<method>/final`) is evaluated by naming its path: loaded on
+    first use by the on-demand deployment (Ray Serve multiplexing). A copy of the configured
+    model's folder gives that model's answers; the replica keeps serve.max_models_per_replica (1
+    here) engines, least recently used out."""
+    from advdistill.config import with_overrides
+    from advdistill.train.trainer import train
+
     body = {"items": ITEMS[:6], "sampling": {"max_tokens": 96}}
     configured = evaluate(server, {"model": "tiny-student", **body})
     assert configured.status_code == 200, configured.text
-    for name in ("runs/a/train-sft/final", "runs/b/train-advdistill/final"):
-        shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / name)
-    first = evaluate(server, {"model": "runs/a/train-sft/final", **body})
+    # 2 optimizer steps of the real trainer (one 1-CPU worker beside the Serve replicas) into the root
+    groups = write_groups(tmp_path / "groups", tiny_tokenizer, tiny_cfg, n=8)
+    cfg = with_overrides(tiny_cfg, {"train.max_steps": 2, "train.groups_per_step": 4, "train.val_fraction": 0.0,
+                                    "train.lr": 1e-3, "train.warmup_ratio": 0.0, "train.num_workers": 1,
+                                    "train.resources.cpus_per_worker": 1})
+    assert train(cfg, groups, checkpoint_root / "runs" / "a" / "train-advdistill")["step"] == 2
+    shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / "runs/b/train-sft/final")
+    first = evaluate(server, {"model": "runs/a/train-advdistill/final", **body})
     assert first.status_code == 200, first.text
-    assert [r["response"] for r in first.json()["results"]] == [r["response"] for r in configured.json()["results"]]
-    assert first.json()["model"] == "runs/a/train-sft/final"
+    assert first.json()["model"] == "runs/a/train-advdistill/final" and len(first.json()["results"]) == 6
+    # the trained weights answered, not the deployed model's
+    assert [r["response"] for r in first.json()["results"]] != [r["response"] for r in configured.json()["results"]]
     listed = httpx.get(server + "/models").json()["on_demand"]
-    assert listed["loaded"] == ["runs/a/train-sft/final"] and listed["max_per_replica"] == 1
-    assert {"models/tiny-student", "models/tiny-teacher", "runs/a/train-sft/final",
-            "runs/b/train-advdistill/final"} <= set(listed["available"])
-    second = evaluate(server, {"model": "./runs/b/train-advdistill/final/", **body})
+    assert listed["loaded"] == ["runs/a/train-advdistill/final"] and listed["max_per_replica"] == 1
+    assert {"models/tiny-student", "models/tiny-teacher", "runs/a/train-advdistill/final",
+            "runs/b/train-sft/final"} <= set(listed["available"])
+    second = evaluate(server, {"model": "./runs/b/train-sft/final/", **body})
     assert second.status_code == 200, second.text
-    assert httpx.get(server + "/models").json()["on_demand"]["loaded"] == ["runs/b/train-advdistill/final"]
+    assert [r["response"] for r in second.json()["results"]] == [r["response"] for r in configured.json()["results"]]
+    assert httpx.get(server + "/models").json()["on_demand"]["loaded"] == ["runs/b/train-sft/final"]
     # Nothing outside the root, nothing hidden, nothing that is not a model folder.
     (checkpoint_root / ".hidden").mkdir(exist_ok=True)
     shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / ".hidden" / "m", dirs_exist_ok=True)

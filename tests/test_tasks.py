@@ -1,11 +1,12 @@
 """The task registry: a new task is one `register_task` entry. A toy "parity" task (multiple
 choice: is n even or odd?), registered here and nowhere else, goes through the config, loading a
 local JSONL file (with a bad row quarantined), prompt building, curation scoring and evaluation
-scoring with its breakdown field."""
+scoring with its breakdown field, and that field in the API's response models."""
 
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from advdistill import tasks
 from advdistill.config import ConfigError, DatasetConfig, load_config, with_overrides
@@ -84,11 +85,40 @@ def test_curation_and_evaluation_score_it_as_multiple_choice(parity, parity_file
     assert to_arrow(predictions, prediction_schema()).num_rows == 4
 
 
+def test_its_breakdown_field_reaches_the_apis_response_models(parity, parity_file):
+    """/evaluate's answer and /openapi.json carry `by_magnitude` and each item's `magnitude`,
+    typed, with no edit to the API's schemas (validated through the response models, no Serve)."""
+    from advdistill.serve.schemas import response_models
+
+    records = load_records(DatasetConfig(name="parity", split="test", path=parity_file)).records
+    predictions = [score_prediction({**r, "prompt": "", "responses": [template_response("odd", "B")],
+                                     "token_lengths": [9], "finish_reasons": ["stop"]}) for r in records]
+    metrics = summarize_predictions(predictions, group_by="magnitude")
+    models = response_models()
+    with pytest.raises(ValidationError, match="by_magnitude.small.accuracy"):
+        models.EvaluateMetrics.model_validate({**metrics, "by_magnitude": {"small": {**metrics, "accuracy": "high"}}})
+    answer = models.EvaluateResponse.model_validate({"model": "tiny-student", "few_shot": 0, "metrics": metrics,
+                                                     "results": predictions}).model_dump()
+    assert answer["metrics"]["by_magnitude"] == metrics["by_magnitude"]
+    assert [r["magnitude"] for r in answer["results"]] == ["small", "small", "large", "large"]
+    job = models.EvaluationJob.model_validate({"id": "j", "model": "tiny-student", "status": "done", "done": 4,
+                                               "total": 4, "result": answer, "created_at": 0.0}).model_dump()
+    assert job["result"] == answer
+    schema = models.EvaluateResponse.model_json_schema(mode="serialization")["$defs"]
+    assert schema["EvaluateMetrics"]["properties"]["by_magnitude"]["anyOf"][0] == {
+        "type": "object", "additionalProperties": {"$ref": "#/$defs/Metrics"}}
+    assert schema["ItemResult"]["properties"]["magnitude"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert "parity" in schema["ItemResult"]["properties"]["magnitude"]["description"]
+
+
 def test_built_in_tasks_and_unknown_names():
     assert tasks.task_names() == ("gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic")
     assert [n for n in tasks.task_names() if get_task(n).multiple_choice] == ["mmlu_pro"]
     assert [n for n in tasks.task_names() if get_task(n).reference_optional] == ["gsm_plus"]
     assert tasks.breakdown_fields() == ("perturbation_type", "category")
+    from advdistill.serve.schemas import response_models
+
+    assert "magnitude" not in response_models().ItemResult.model_fields  # the toy task is gone again
     with pytest.raises(ValueError, match="unknown task 'parity'"):
         get_task("parity")
     with pytest.raises(ConfigError, match="unknown task"):

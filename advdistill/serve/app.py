@@ -70,6 +70,8 @@ from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows
 from advdistill.prompts import exemplars_for, render_prompt
 from advdistill.serve.guard import RequestGuard, bearer_ok, inside, inside_location, is_file
 from advdistill.serve.openai_compat import (
+    STREAMED_CHAT_COMPLETION,
+    STREAMED_COMPLETION,
     ChatCompletion,
     ChatCompletionRequest,
     CompletionRequest,
@@ -435,7 +437,7 @@ class EvaluateAPI:
             names += [m for m in await self.checkpoints.loaded.remote() if m not in names]
         return OpenAIModelList(data=[OpenAIModel(id=name, created=self.started) for name in names])
 
-    @api.post("/v1/completions", responses=ERROR_RESPONSES)
+    @api.post("/v1/completions", responses={**ERROR_RESPONSES, **STREAMED_COMPLETION})
     async def openai_completions(self, body: CompletionRequest, request: Request) -> OpenAICompletion:
         """Prompts as given (no chat template); `stream: true` answers server-sent events."""
         self._authorize(request)
@@ -447,7 +449,7 @@ class EvaluateAPI:
         choices = await self._complete(served, body.prompt, params, body.seed)
         return openai_completion(served.name, choices, sum(counts))
 
-    @api.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+    @api.post("/v1/chat/completions", responses={**ERROR_RESPONSES, **STREAMED_CHAT_COMPLETION})
     async def openai_chat(self, body: ChatCompletionRequest, request: Request) -> ChatCompletion:
         """Messages rendered with the model's own chat template; `stream: true` answers events."""
         self._authorize(request)

@@ -158,6 +158,26 @@ class OpenAIModelList(BaseModel):
     data: list[OpenAIModel]
 
 
+def streamed_response(chunk: str, fields: str) -> dict[int | str, dict[str, Any]]:
+    """The routes' 200 answer as /openapi.json documents it: the completion as JSON (the route's
+    response model, merged in by FastAPI) or, with `stream: true`, server-sent events. In OpenAPI
+    3.1 a `text/event-stream` schema describes each event; `data` is a JSON chunk, `[DONE]` last."""
+    event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "string", "description": f"a JSON chunk (object `{chunk}`: id, created, "
+                                                                 f"model, choices [{fields}]; with "
+                                                                 "stream_options.include_usage a last chunk with "
+                                                                 "no choices and the usage), then `[DONE]`"}},
+    }
+    return {200: {"description": "the completion (JSON), or with `stream: true` its chunks as server-sent events",
+                  "content": {"text/event-stream": {"schema": event}}}}
+
+
+STREAMED_COMPLETION = streamed_response("text_completion", "{index, text, finish_reason}")
+STREAMED_CHAT_COMPLETION = streamed_response("chat.completion.chunk", "{index, delta {role?, content?}, finish_reason}")
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 

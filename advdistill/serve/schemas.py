@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Annotated, Any, Literal
+from functools import lru_cache
+from typing import Annotated, Any, Literal, NamedTuple
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from advdistill.data.loaders import DATASET_SUFFIXES
-from advdistill.tasks import MAX_OPTIONS, TaskName, task_names
+from advdistill.tasks import MAX_OPTIONS, TASKS, TaskName, breakdown_fields, task_names
 
 # ------------------------------------------------------------------------------ request schema
 
@@ -155,23 +156,15 @@ class Metrics(BaseModel):
     template: TemplateShares
 
 
-class EvaluateMetrics(Metrics):
-    """The overall metrics and, for datasets a task breaks down (`tasks.breakdown_fields`), the
-    same per value of that field."""
+class _ItemFields(BaseModel):
+    """What every evaluated item has (`schema.Prediction`); `ItemResult` adds the breakdown fields."""
 
-    by_perturbation_type: dict[str, Metrics] | None = Field(None, description="GSM-PLUS-style perturbations")
-    by_category: dict[str, Metrics] | None = Field(None, description="MMLU-Pro categories")
-
-
-class ItemResult(BaseModel):
     id: str
     response: str
     extracted: str | None = Field(description="the final answer read from the response")
     correct: bool
     tokens: int = Field(description="generated tokens, the stop token included")
     finish_reason: Literal["stop", "length"]
-    perturbation_type: str | None = None
-    category: str | None = None
 
 
 class QuarantinedRow(BaseModel):
@@ -184,28 +177,69 @@ class QuarantinedRow(BaseModel):
     source: str | None = None
 
 
-class EvaluateResponse(BaseModel):
-    model: str
-    few_shot: int
-    metrics: EvaluateMetrics
-    results: list[ItemResult]
-    quarantined: list[QuarantinedRow] | None = Field(None, description="dataset requests: the first rows left out")
-    quarantined_count: int | None = Field(None, description="dataset requests: how many rows were left out")
+class ResponseModels(NamedTuple):
+    """The response models whose fields the task registry decides: one `by_<field>` metrics
+    breakdown and one per-item field for each `meta` field a task breaks results down by
+    (`TaskSpec.group_by`), so a task registered with a new one reaches the API's answers and
+    /openapi.json with no edit here."""
+
+    EvaluateMetrics: type[Metrics]
+    ItemResult: type[_ItemFields]
+    EvaluateResponse: type[BaseModel]
+    EvaluationJob: type[BaseModel]
 
 
-class EvaluationJob(BaseModel):
-    """An evaluation running in the background (`POST /evaluations`), polled with its id."""
+def response_models() -> ResponseModels:
+    """The response models for the tasks registered now (the same classes while they are)."""
+    return _response_models(tuple((field, tuple(spec.name for spec in TASKS.entries() if spec.group_by == field))
+                                  for field in breakdown_fields()))
 
-    id: str
-    model: str
-    status: Literal["queued", "running", "done", "failed", "interrupted"] = Field(
-        description="interrupted: the replica running it stopped; submit it again")
-    done: int = Field(description="items generated so far")
-    total: int = Field(description="items to generate (those that fit the model's context)")
-    result: EvaluateResponse | None = Field(None, description="when done: what /evaluate returns")
-    error: str | None = Field(None, description="when failed or interrupted: why")
-    created_at: float = Field(description="Unix time")
-    updated_at: float | None = Field(None, description="Unix time of the last state written")
+
+@lru_cache(maxsize=None)
+def _response_models(breakdowns: tuple[tuple[str, tuple[str, ...]], ...]) -> ResponseModels:
+    """`breakdowns`: each breakdown field with the tasks that group by it."""
+    metrics_model = create_model(
+        "EvaluateMetrics", __base__=Metrics, __module__=__name__,
+        __doc__="The overall metrics and, for datasets a task breaks down (`tasks.breakdown_fields`), the same "
+                "per value of that field.",
+        **{f"by_{field}": (dict[str, Metrics] | None,
+                           Field(None, description=f"per value of the records' meta.{field} ({', '.join(tasks)})"))
+           for field, tasks in breakdowns})
+    item_model = create_model(
+        "ItemResult", __base__=_ItemFields, __module__=__name__,
+        **{field: (str | None, Field(None, description=f"the record's meta.{field} ({', '.join(tasks)}; null for "
+                                                       "other tasks)"))
+           for field, tasks in breakdowns})
+
+    class EvaluateResponse(BaseModel):
+        model: str
+        few_shot: int
+        metrics: metrics_model  # type: ignore[valid-type]
+        results: list[item_model]  # type: ignore[valid-type]
+        quarantined: list[QuarantinedRow] | None = Field(None, description="dataset requests: the first rows left out")
+        quarantined_count: int | None = Field(None, description="dataset requests: how many rows were left out")
+
+    class EvaluationJob(BaseModel):
+        """An evaluation running in the background (`POST /evaluations`), polled with its id."""
+
+        id: str
+        model: str
+        status: Literal["queued", "running", "done", "failed", "interrupted"] = Field(
+            description="interrupted: the replica running it stopped; submit it again")
+        done: int = Field(description="items generated so far")
+        total: int = Field(description="items to generate (those that fit the model's context)")
+        result: EvaluateResponse | None = Field(None, description="when done: what /evaluate returns")
+        error: str | None = Field(None, description="when failed or interrupted: why")
+        created_at: float = Field(description="Unix time")
+        updated_at: float | None = Field(None, description="Unix time of the last state written")
+
+    for model in (EvaluateResponse, EvaluationJob):
+        model.__qualname__ = model.__name__  # as the module's own names: picklable by reference
+    return ResponseModels(metrics_model, item_model, EvaluateResponse, EvaluationJob)
+
+
+# The routes' models, for the tasks registered when the API is imported (every entry of `tasks`).
+EvaluateMetrics, ItemResult, EvaluateResponse, EvaluationJob = response_models()
 
 
 # ------------------------------------------------------------------------------ error bodies
