@@ -21,7 +21,7 @@ TOKEN = "abuse-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL = "tiny-student"
 GOOD = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in make_split("test", 8)]
-LIMITS = {"max_items": 8, "max_tokens_limit": 160, "max_body_bytes": 2**20, "max_dataset_bytes": 64 * 2**10}
+LIMITS = {"max_items": 8, "max_tokens_limit": 160, "max_body_bytes": 2**20, "max_dataset_bytes": 8 * 2**20}
 SHORT = {"max_tokens": 16}
 HUGE_REFERENCE = "9^{9^{9}}"  # sympy computes it in C, holding the GIL: 90 s per request before issue 15
 
@@ -231,6 +231,81 @@ def test_healthz_answers_within_a_second_while_heavy_references_are_scored(serve
         poller.join()
     assert [r.status_code for r in responses] == [200] * 4
     assert worst[0] < 1.0, f"/healthz took {worst[0]:.2f} s"
+
+
+def healthz_while(url: str, work, headers=None) -> tuple:
+    """`work()`'s result, with every /healthz latency measured (every 50 ms) while it ran."""
+    latencies, statuses, stop = [], [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                statuses.append(httpx.get(url + "/healthz", headers=headers, timeout=10).status_code)
+            except httpx.HTTPError as err:
+                statuses.append(type(err).__name__)
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        result = work()
+    finally:
+        stop.set()
+        poller.join()
+    return result, latencies, statuses
+
+
+def test_healthz_answers_within_a_second_while_a_few_megabytes_of_dataset_load(server, data_root):
+    """A dataset file inside the data root and under its size limit, of short rows (a 19 MB one
+    blocked the ingress 6.4 s): loading it ties up a worker thread, never the event loop."""
+    rows = "".join(json.dumps({"id": f"row-{i:06d}", "question": "q", "reference": "1"}) + "\n"
+                   for i in range(110_000))
+    path = data_root / "many-rows.jsonl"
+    path.write_text(rows)
+    assert 4 * 2**20 < path.stat().st_size < LIMITS["max_dataset_bytes"]
+    body = {"model": MODEL, "dataset": {"name": "synthetic", "split": "test", "path": path.name}, "sampling": SHORT}
+    response, latencies, statuses = healthz_while(server, lambda: post(server, body))
+    # The whole file was read (110,000 records counted) before the answer: too many for one request.
+    assert response.status_code == 413 and "110000 records exceed the limit of 8" in response.json()["detail"]
+    assert set(statuses) == {200}, statuses
+    assert max(latencies) < 1.0, f"/healthz took {max(latencies):.2f} s ({len(latencies)} polls)"
+    assert len(latencies) >= 5  # polled all along the load, not only around it
+
+
+def test_a_hub_dataset_load_over_load_timeout_s_is_504_and_healthz_answers(ray_cluster, server, data_root,
+                                                                          tmp_path):
+    """`serve.allow_hub` with a tiny `serve.load_timeout_s`: a dataset named by hub id (here, with
+    no network, `datasets` retries for ~24 s and then fails: a 502 after 24 s without the
+    timeout) answers 504 naming the timeout, and /healthz keeps answering meanwhile. A second,
+    small app (the ingress and the on-demand checkpoints deployment, no engine loaded) beside
+    the first, on the same Serve instance; deleted at the end."""
+    from ray import serve
+
+    from advdistill.serve.app import build_app
+
+    app = build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(REPO),
+                     "data_root": str(data_root), **LIMITS, "allow_hub": True, "load_timeout_s": 0.5,
+                     "jobs_folder": str(tmp_path / "jobs"), "on_demand": True,
+                     "api_ray_actor_options": {"runtime_env": {"env_vars": {"ADVDISTILL_API_TOKEN": TOKEN}}}})
+    serve.run(app, name="abuse-hub", route_prefix="/hub")
+    try:
+        url = server + "/hub"
+        body = {"model": "models/tiny-student", "dataset": {"name": "gsm8k", "split": "test"}, "sampling": SHORT}
+
+        def timed():
+            start = time.perf_counter()
+            return post(url, body, timeout=60), time.perf_counter() - start
+
+        # /healthz without a token: public under a route prefix too (the guard strips root_path)
+        (response, elapsed), latencies, statuses = healthz_while(url, timed, headers=None)
+        assert response.status_code == 504, response.text[:500]
+        assert "gsm8k" in response.json()["detail"] and "longer than 0.5 s" in response.json()["detail"]
+        assert elapsed < 10, f"{elapsed:.1f} s"
+        assert set(statuses) == {200} and max(latencies) < 1.0, (statuses, max(latencies))
+    finally:
+        serve.delete("abuse-hub")
 
 
 def test_one_calls_failure_never_fails_the_calls_merged_with_it(server):

@@ -20,6 +20,7 @@ import pytest
 from advdistill.config import DatasetConfig, with_overrides
 from advdistill.data.loaders import load_records
 from advdistill.data.synthetic import make_split
+from advdistill.reaper import CLEAN_EXIT_GRACE_S, TERM_GRACE_S
 
 from conftest import REPO, TINY_STUDENT, TINY_TEACHER, read_jsonl
 from groups_fixture import write_groups
@@ -183,38 +184,61 @@ def marked(run_id: str) -> list:
     return marked_processes(run_id)
 
 
-def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
-    """`generate.py` on its own local cluster (no RAY_ADDRESS), killed with SIGKILL once its
-    teacher actor runs: every process of that cluster ends (before: 4 stayed alive)."""
+# What each driver runs, and when it is killed: curation once its teacher actor runs; training once
+# its Ray Train worker has written a checkpoint (before issue 15: 4 and 13 processes outlived them).
+KILLED_DRIVERS = {
+    "generate.py": (["--output", "{tmp}/out", "--limit", "64", "--set", f"teacher={TINY_TEACHER}",
+                     "--set", "curate.engine.batch_size=4"],
+                    "the teacher actor", lambda tmp, names: any("GenerationActor" in n for n in names)),
+    # One step an epoch, a checkpoint at each epoch's end, a hundred epochs: still training when killed.
+    "train.py": (["--groups", "{tmp}/groups", "--output", "{tmp}/train", "--set", f"student={TINY_STUDENT}",
+                  "--set", "train.epochs=100", "--set", "train.val_fraction=0.0"],
+                 "a training checkpoint", lambda tmp, names: any("RayTrainWorker" in n for n in names)
+                 and any((tmp / "train" / "checkpoints").glob("checkpoint_*/trainer_state.json"))),
+}
+# The reaper's own bound (the driver's exit noticed, a clean exit's grace, SIGTERM's grace) and
+# a margin; Ray alone took ~26 s to end its last worker here, and 4 to 13 processes never ended.
+REAPED_WITHIN_S = CLEAN_EXIT_GRACE_S + TERM_GRACE_S + 8
+
+
+@pytest.mark.parametrize("script", sorted(KILLED_DRIVERS))
+def test_a_driver_killed_with_sigkill_leaves_no_ray_process(request, tmp_path, script):
+    """A driver on its own local cluster (no RAY_ADDRESS), killed with SIGKILL once its Ray work
+    runs (curation: the teacher actor; training: a Ray Train worker, past its first checkpoint):
+    every process of that cluster ends, within the reaper's bound."""
     from advdistill.reaper import RUN_MARKER, reap
 
+    args, started, ready = KILLED_DRIVERS[script]
+    if script == "train.py":
+        write_groups(tmp_path / "groups", request.getfixturevalue("tiny_tokenizer"),
+                     request.getfixturevalue("tiny_cfg"), n=8)
     run_id = f"test-{uuid.uuid4().hex}"
     ray_tmp = Path(f"/tmp/rk-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({RUN_MARKER: run_id, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0"})
     ray_tmp.mkdir()
-    driver = subprocess.Popen([sys.executable, str(REPO / "ray_jobs" / "generate.py"), "--output", str(tmp_path / "out"),
-                               "--limit", "64", "--set", f"teacher={TINY_TEACHER}", "--set", "curate.engine.batch_size=4"],
+    driver = subprocess.Popen([sys.executable, str(REPO / "ray_jobs" / script), *[a.format(tmp=tmp_path) for a in args]],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
             names = [" ".join(p.cmdline()) for p in marked(run_id) if _alive(p)]
-            if any("GenerationActor" in n for n in names):
+            if ready(tmp_path, names):
                 break
-            assert driver.poll() is None, "the driver ended before its teacher actor started"
+            assert driver.poll() is None, f"the driver ended before {started} was there"
             time.sleep(0.5)
         else:
-            pytest.fail("the teacher actor never started")
+            pytest.fail(f"{started}: never there")
         before = len(marked(run_id))
         driver.kill()
         driver.wait()
-        deadline = time.time() + 40
-        while time.time() < deadline and marked(run_id):
-            time.sleep(1)
+        killed = time.time()
+        while time.time() < killed + REAPED_WITHIN_S and marked(run_id):
+            time.sleep(0.5)
         left = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in marked(run_id) if _alive(p)]
-        assert not left, f"{len(left)} of {before} processes outlived the driver: {left}"
+        assert not left, f"{len(left)} of {before} processes outlived the driver by {REAPED_WITHIN_S} s: {left}"
+        print(f"{script}: {before} processes, all gone {time.time() - killed:.1f} s after the kill")
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -79,7 +79,10 @@ def _read_local(path: Path, quarantined: list[dict[str, Any]]) -> Iterator[tuple
             yield n, row
         return
     source = str(path)
-    with path.open("rb") as handle:  # bytes: one undecodable line must not stop the others
+    # Bytes: one undecodable line must not stop the others. A large buffer: each small read releases
+    # the GIL and takes it straight back, so with the default buffer a server's event loop thread
+    # waited up to a second for it while a few MB loaded in a worker thread (tests/test_abuse.py).
+    with path.open("rb", buffering=16 * 2**20) as handle:
         for n, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue

@@ -48,6 +48,9 @@ class RequestGuard:
         token, max_bytes = self._settings()
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
+        root = scope.get("root_path", "")  # an app under a route prefix: ASGI's path includes it
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
         if token is not None and path not in PUBLIC_PATHS and not bearer_ok(headers.get(b"authorization", b""), token):
             return await _respond(send, *_error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}))
         declared = headers.get(b"content-length")
