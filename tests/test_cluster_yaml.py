@@ -106,3 +106,17 @@ def test_node_types_carry_the_custom_resources_the_stages_ask_for():
 def test_spot_only_where_the_stage_resumes(name):
     spot = "InstanceMarketOptions" in WORKER_TYPES[name]["node_config"]
     assert spot == (name != "serve_gpu")  # curation and training resume; a serving replica would vanish
+
+
+def test_the_readme_tunnels_the_jobs_api_to_the_address_the_dashboard_listens_on():
+    readme = (REPO / "README.md").read_text()
+    sequence = readme[readme.index("## Cluster"):readme.index("## Architecture")]
+    start = commands("head_start_ray_commands")
+    # The dashboard (the job server) binds the head's private address, which `ray dashboard`
+    # (a forward to the head's localhost) cannot reach: the ssh tunnel forwards to that address.
+    assert "--dashboard-host=$(hostname -I | awk '{print $1}')" in start
+    assert "PRIVATE=$(ray exec cluster.yaml \"hostname -I | awk '{print \\$1}'\"" in sequence
+    assert "-L 8265:$PRIVATE:8265" in sequence and "\nray dashboard" not in sequence
+    assert "RAY_ADDRESS=http://127.0.0.1:8265 ray job submit" in sequence
+    # Step 2 writes the AMI it looked up into cluster.yaml, as step 1 does the account.
+    assert "ImageId: &ami ami-SET-ME" in TEXT and 'sed -i "s/ami-SET-ME/$AMI/" cluster.yaml' in sequence

@@ -1,7 +1,8 @@
 """The storage layer (issue 14, item 1; `advdistill/storage.py`) against a real S3-compatible
 server: moto's server mode on loopback, reached through pyarrow's S3 file system exactly as a
 cluster reaches its bucket (`AWS_ENDPOINT_URL` and credentials in the environment, set only
-inside these tests). No Ray: every node of a cluster runs this same code."""
+inside these tests). No Ray, but for the last test: every node of a cluster runs this same code;
+the last test trains on the bucket through a Ray job, as a cluster run does (issue 14, item 1)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from advdistill.curate.store import CurateOutput, read_shards, shard_name, write
 from advdistill.schema import CuratedGroup, arrow_schema
 from advdistill.storage import Location, location
 
-from conftest import TINY_STUDENT, free_port
+from conftest import REPO, TINY_STUDENT, free_port
 from groups_fixture import write_groups
 
 BUCKET = "advdistill-test"
@@ -294,3 +295,53 @@ def test_entry_point_path_checks_probe_a_uri_on_its_store(root, tmp_path):
         check_input_path((root / "nowhere").uri, "groups folder")
     with pytest.raises(SystemExit, match="not writable"):
         check_output_dir("s3://no-such-bucket-here/run")
+
+
+# ------------------------------------------------------------------ training on a URI
+
+
+@pytest.mark.slow
+def test_training_checkpoints_resumes_and_exports_on_s3(ray_cluster, root, tmp_path, tiny_tokenizer, tiny_cfg):
+    """`ray_jobs/train.py --groups s3://… --output s3://…` as a Ray job whose processes hold the
+    bucket's credentials (a cluster's nodes get them from their instance profile): Ray Data reads
+    the groups from the bucket, Ray Train keeps its checkpoints there, an injected failure at step
+    3 restarts the worker group from the step-2 checkpoint read back from the bucket, and the
+    final export and metrics land there."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    groups = root / "curate" / "groups"
+    storage.copy_tree(CurateOutput(write_groups(tmp_path / "curate", tiny_tokenizer, tiny_cfg, n=8)).groups, groups)
+    out = root / "train-advdistill"
+    # 8 groups, 2 per step, one epoch: 4 steps on 2 workers, a checkpoint every 2.
+    overrides = ["train.epochs=1", "train.groups_per_step=2", "train.num_workers=2", "train.resources.cpus_per_worker=1",
+                 "train.val_fraction=0.0", "train.checkpoint_every=2", "train.report_every=1", "train.fail_at_step=3"]
+    entrypoint = " ".join([sys.executable, str(REPO / "ray_jobs" / "train.py"), "--groups", groups.uri,
+                           "--output", out.uri, *(f"--set {o}" for o in overrides)])
+    credentials = {key: os.environ[key] for key in os.environ if key.startswith("AWS_")}  # the s3 fixture's
+    client = JobSubmissionClient(ray_cluster.dashboard)
+    deadline, job = time.time() + 120, None
+    while job is None:  # the head's job agent answers a few seconds after the cluster starts
+        try:
+            job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": credentials})
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.time() > deadline:
+                raise
+            time.sleep(1)
+    deadline, status = time.time() + 300, None
+    while time.time() < deadline and status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(1)
+        status = client.get_job_status(job)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, f"job {status}:\n{logs[-6000:]}"
+    assert "injected failure at step 3" in logs
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in history] == [1, 2, 3, 4]  # every step once: none lost, none twice
+    starts = [m["resumed_from"] for m in history]  # where each step's worker group began
+    assert starts[0] == 0 and starts[-1] > 0 and starts == sorted(starts)
+    assert json.loads((out / "result.json").read_text())["step"] == 4
+    assert list((out / "checkpoints").iterdir())  # Ray Train's storage is the bucket
+    final = storage.download(out / "final", tmp_path / "final")
+    ids = AutoTokenizer.from_pretrained(final)("<think>", return_tensors="pt").input_ids
+    assert AutoModelForCausalLM.from_pretrained(final)(ids).logits.shape[:2] == ids.shape
