@@ -341,6 +341,16 @@ class ExperimentConfig(Section):
                                           description="students that get an SFT baseline and a base-model evaluation "
                                                       "too (paper: Qwen/Qwen2.5-3B)")
     sft_baseline: bool = Field(True, description="train the SFT baseline (the best response per group) on student")
+    sft_lr: float | None = Field(
+        None, gt=0, description="learning rate of distill.py's SFT trainings (the baseline, extra_sft_students); "
+                                "None = train.lr. Each method's rate is a choice made on the validation split "
+                                "(bench/fidelity.py): a method run at the rate tuned for the other is not a fair "
+                                "comparison. ray_jobs/train.py always uses train.lr")
+    accelerator_hour_price: float | None = Field(
+        None, ge=0, description="dollars per accelerator-hour: run.json gives each stage's `dollars` and the report's "
+                                "cost table a dollars column and total (docs/cluster-plan.md uses $2.50, the rate the "
+                                "paper's Table 3 implies). None = no dollar figures: a price is the cluster's, not "
+                                "the code's")
     prompt: PromptConfig = PromptConfig()
     reward: RewardConfig = RewardConfig()
     advantage: AdvantageConfig = AdvantageConfig()

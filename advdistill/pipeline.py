@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,12 +51,14 @@ class RunManifest:
             "stages": previous.get("stages", {}),
             "nodes": previous.get("nodes", {}),
             "tracking": previous.get("tracking", {}),  # MLflow run ids, so a rerun logs into the same runs
+            "accelerator_hour_price": cfg.accelerator_hour_price,  # the report's dollars column
         }
 
     def stage(self, name: str, done: bool, run: Callable[..., dict[str, Any]], *args: Any, actors: str = "",
               track: Callable[[], Tracked] | None = None) -> None:
         """`run(*args)` unless the stage is done; record its cost (tokens, wall time,
-        accelerator-hours) and the nodes its `actors` (a class name, `advdistill.placement`) ran on;
+        accelerator-hours, and dollars where the config has a price) and the nodes its `actors`
+        (a class name, `advdistill.placement`) ran on;
         `track()` says what its MLflow run gets besides the cost."""
         if done:
             print(f"[distill] {name}: done earlier, skipped", flush=True)
@@ -71,6 +74,9 @@ class RunManifest:
             cost.setdefault("wall_seconds", round(time.time() - start, 2))
             if actors:
                 cost["nodes"] = actor_nodes(actors, since)
+            price = self.data["accelerator_hour_price"]
+            if price is not None and "accelerator_hours" in cost:
+                cost["dollars"] = round(cost["accelerator_hours"] * price, 2)
             self.data["stages"][name] = cost
             tracked = track() if track else Tracked()
             self.tracker.end_stage(name, metrics={**numbers(cost), **tracked.metrics}, params=tracked.params,
@@ -128,6 +134,14 @@ def trainings(cfg: ExperimentConfig) -> list[Training]:
     return runs + [Training(f"sft@{model_slug(s)}", "sft", s) for s in cfg.extra_sft_students]
 
 
+def training_overrides(cfg: ExperimentConfig, run: Training) -> dict[str, Any]:
+    """The config changes a training of the run makes: its method, and the SFT rate for SFT."""
+    changes: dict[str, Any] = {"train.mode": run.mode}
+    if run.mode == "sft" and cfg.sft_lr is not None:
+        changes["train.lr"] = cfg.sft_lr
+    return changes
+
+
 def evaluated_models(cfg: ExperimentConfig, layout: RunLayout, runs: list[Training]) -> dict[str, Evaluated]:
     k = cfg.prompt.few_shot
     models = {"teacher": Evaluated(cfg.teacher, k, endpoint=cfg.curate.engine.engine == "openai"),
@@ -141,7 +155,14 @@ def _curate(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
     from advdistill.curate.stage import curate
 
     s = curate(cfg, layout.curate.folder)
-    return {"tokens": s["tokens_generated"], "wall_seconds": s["wall_seconds"], "accelerator_hours": s["accelerator_hours"]}
+    cost = {"tokens": s["tokens_generated"], "wall_seconds": s["wall_seconds"],
+            "accelerator_hours": s["accelerator_hours"]}
+    # A teacher behind an endpoint: what the server counted (requests sent, retries included; prompt
+    # and completion tokens from `usage`), summed over the groups written, in place of GPU time.
+    endpoint = s.get("teacher_endpoint")
+    if endpoint:
+        cost.update({k: endpoint[k] for k in ("requests", "prompt_tokens", "completion_tokens")})
+    return cost
 
 
 def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOutput, cluster_gpus: int,
@@ -149,8 +170,8 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOu
     from advdistill.train.trainer import train
 
     start = time.time()
-    metrics = train(with_overrides(cfg, {"train.mode": run.mode}), layout.curate.folder, out.folder, student=run.student,
-                    step_logger=step_logger)
+    metrics = train(with_overrides(cfg, training_overrides(cfg, run)), layout.curate.folder, out.folder,
+                    student=run.student, step_logger=step_logger)
     return _cost(int(metrics.get("tokens", 0)), time.time() - start, cfg.train.resources, cluster_gpus, 1,
                  cfg.train.num_workers)
 
@@ -201,13 +222,13 @@ def _stages(cfg: ExperimentConfig, layout: RunLayout, manifest: RunManifest, tra
     from advdistill.report import write_report
 
     manifest.stage("curate", layout.curate.is_complete(), _curate, cfg, layout, actors=GENERATION,
-                   track=lambda: tracked_curation(layout))
+                   track=partial(tracked_curation, layout))
     runs = trainings(cfg)
     for t in runs:
         out = layout.train(t.name)
         manifest.stage(f"train-{t.name}", out.is_complete(), _train, cfg, layout, t, out, cluster_gpus,
                        tracker.step_logger_args(f"train-{t.name}"), actors=TRAIN_WORKER,
-                       track=lambda out=out: tracked_training(out))
+                       track=partial(tracked_training, out))
 
     models = evaluated_models(cfg, layout, runs)
     manifest.data["models"] = {name: {"path": _local(m.path), "few_shot": m.few_shot} for name, m in models.items()}
@@ -216,7 +237,7 @@ def _stages(cfg: ExperimentConfig, layout: RunLayout, manifest: RunManifest, tra
         splits = {split_label(d): (d, layout.eval(name, split_label(d))) for d in datasets}
         done = all(out.is_complete() for _, out in splits.values())
         manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, cluster_gpus, actors=GENERATION,
-                       track=lambda model=model, splits=splits: tracked_evaluation(model, splits))
+                       track=partial(tracked_evaluation, model, splits))
     return write_report(layout.root)
 
 

@@ -89,7 +89,7 @@ def test_with_overrides_returns_a_changed_copy():
     base = load_config(REPO / "configs" / "tiny.yaml")
     sft = with_overrides(base, {"train.mode": "sft", "train.lr": 1e-4, "eval.ood": []})
     assert (sft.train.mode, sft.train.lr, sft.eval.ood) == ("sft", 1e-4, [])
-    assert (base.train.mode, base.train.lr, len(base.eval.ood)) == ("advdistill", 1e-3, 1)
+    assert (base.train.mode, base.train.lr, len(base.eval.ood)) == ("advdistill", 3e-4, 1)
     assert with_overrides(base, {}) == base
 
 

@@ -1,4 +1,4 @@
-"""The report's accuracy intervals and paired differences, on a hand-made run folder."""
+"""The report's accuracy intervals and paired differences, on a hand-made run folder; its cost table."""
 
 import json
 
@@ -6,6 +6,7 @@ import pytest
 
 from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.report.build import paired_comparisons, write_report
+from advdistill.report.tables import cost_table
 
 
 def _write_eval(run, model, split, verdicts):
@@ -45,3 +46,19 @@ def test_report_shows_intervals_and_differences(run):
     assert "toy-test (n = 40)" in report
     assert "| Student AdvDistill | 60.00% [" in report
     assert "| Student AdvDistill − Student SFT | +10.0 [" in report and "(4 / 0)" in report
+
+
+def test_cost_table_prices_each_stage_and_totals_them():
+    stages = {"curate": {"tokens": 17_500_000, "wall_seconds": 2160.0, "accelerator_hours": 2.4},
+              "train-advdistill": {"tokens": 73_400_000, "wall_seconds": 1000.0, "accelerator_hours": 2.24},
+              "eval-base": {"tokens": 900, "wall_seconds": 12.5, "accelerator_hours": 0.0, "skipped": True}}
+    rows = cost_table(stages, accelerator_hour_price=2.5).splitlines()
+    assert rows[0] == "| Stage | tokens | wall s | accelerator-hours | dollars | note |"
+    # 2.4 h × $2.50 = $6.00; 2.24 h × $2.50 = $5.60; total 4.64 h = $11.60 over 3172.5 s.
+    assert rows[2] == "| curate | 17,500,000 | 2160.0 | 2.4000 | 6.00 |  |"
+    assert rows[3] == "| train-advdistill | 73,400,000 | 1000.0 | 2.2400 | 5.60 |  |"
+    assert rows[4] == "| eval-base | 900 | 12.5 | 0.0000 | 0.00 | skipped (done earlier) |"
+    assert rows[5] == "| **total** |  | 3172.5 | 4.6400 | 11.60 |  |"
+    # Without a price (the default): no dollars column, the total row still.
+    plain = cost_table(stages).splitlines()
+    assert "dollars" not in plain[0] and plain[-1] == "| **total** |  | 3172.5 | 4.6400 |  |"

@@ -171,15 +171,18 @@ def test_exported_student_stops_at_its_end_of_turn(base_like_tokenizer):
 def test_report_states_the_split_the_step_and_the_counts():
     runs = {"advdistill": {"train_groups": 634, "val_groups": 33, "val_fraction": 0.05, "groups_per_step": 4, "step": 318,
                            "responses_per_group": 3, "dropped_groups": 12, "truncated_responses": 7, "truncated_groups": 5,
-                           "max_seq_len": 512},
+                           "max_seq_len": 512, "lr": 3e-4, "epochs": 2, "optimizer": "AdamW"},
             "sft": {"train_groups": 646, "val_groups": 33, "val_fraction": 0.05, "groups_per_step": 4, "step": 324,
                     "responses_per_group": None, "dropped_groups": 0, "truncated_responses": 0, "truncated_groups": 0,
-                    "max_seq_len": 512}}
+                    "max_seq_len": 512, "lr": 1e-3, "epochs": 2, "optimizer": "AdamW"}}
     table = training_table(runs)
     lines = table.splitlines()
     assert "validation groups" in lines[0] and "groups per step" in lines[0] and "max_seq_len" in lines[0]
-    assert "| Student AdvDistill | 634 | 33 (5% by id hash) | 4 | 318 | 3 | 12 | 7 in 5 groups (max_seq_len 512) |" in lines
-    assert "| Student SFT | 646 | 33 (5% by id hash) | 4 | 324 | all | – | 0 in 0 groups (max_seq_len 512) |" in lines
+    assert "learning rate" in lines[0] and "epochs" in lines[0] and "optimizer" in lines[0]
+    assert ("| Student AdvDistill | 634 | 33 (5% by id hash) | 4 | 318 | 0.0003 | 2 | AdamW | 3 | 12 "
+            "| 7 in 5 groups (max_seq_len 512) |") in lines
+    assert ("| Student SFT | 646 | 33 (5% by id hash) | 4 | 324 | 0.001 | 2 | AdamW | all | – "
+            "| 0 in 0 groups (max_seq_len 512) |") in lines
 
 
 
@@ -190,4 +193,18 @@ def test_training_result_states_the_contract(tiny_cfg):
     assert training_contract(flags, cfg) == {
         "train_groups": 2, "val_groups": 1, "val_fraction": 0.25, "groups_per_step": 4, "responses_per_group": 3,
         "dropped_groups": 1, "max_seq_len": 300, "truncated_responses": 2, "truncated_groups": 1,
-        "val_truncated_responses": 1, "val_truncated_groups": 1, "skipped_groups": 0, "skipped": []}
+        "val_truncated_responses": 1, "val_truncated_groups": 1, "skipped_groups": 0, "skipped": [],
+        "lr": cfg.train.lr, "epochs": cfg.train.epochs,
+        "optimizer": f"AdamW, weight decay {cfg.train.weight_decay:g}, warm-up {cfg.train.warmup_ratio:g}, cosine"}
+
+
+def test_distill_trains_sft_at_its_own_rate(tiny_cfg):
+    """`sft_lr` sets the SFT trainings' rate (each method's chosen on val); AdvDistill keeps train.lr."""
+    from advdistill.config import with_overrides
+    from advdistill.pipeline import trainings, training_overrides
+
+    cfg = with_overrides(tiny_cfg, {"train.lr": 3e-4, "sft_lr": 1e-3, "extra_sft_students": ["models/tiny-teacher"]})
+    rates = {run.name: with_overrides(cfg, training_overrides(cfg, run)).train.lr for run in trainings(cfg)}
+    assert rates == {"advdistill": 3e-4, "sft": 1e-3, "sft@tiny-teacher": 1e-3}
+    same = with_overrides(cfg, {"sft_lr": None})
+    assert {with_overrides(same, training_overrides(same, run)).train.lr for run in trainings(same)} == {3e-4}

@@ -132,9 +132,11 @@ def write_report(run: str | Path) -> Path:
                      "Validation groups are a stated choice (`train.val_fraction`): that share of the kept groups, "
                      "picked by a hash of the group id, is held out before training. An optimizer step takes "
                      "`train.groups_per_step` groups whatever the number of workers; an epoch's last step takes the "
-                     "remainder, so no group is skipped.",
+                     "remainder, so no group is skipped. Every method trains on the same kept groups with the same "
+                     "optimizer and epochs; the learning rate may differ, each method's chosen on the validation split "
+                     "(`train.lr`, and `sft_lr` for SFT; bench/fidelity.py), never on test or OOD.",
                      training_table(trainings)]
-    sections += ["## Cost per stage", cost_table(manifest.get("stages", {}))]
+    sections += ["## Cost per stage", cost_table(manifest.get("stages", {}), manifest.get("accelerator_hour_price"))]
     sections += ["## Figures"] + [f"![{p.stem}]({p.name})" for p in figures]
     path = out / "report.md"
     path.write_text("\n\n".join(sections) + "\n")

@@ -102,16 +102,28 @@ def breakdown_table(results: dict[str, dict[str, dict[str, Any]]], split: str, k
     return markdown_table(["Model"] + groups, rows)
 
 
-def cost_table(stages: dict[str, dict[str, Any]]) -> str:
-    rows = [[name, f"{s.get('tokens', 0):,}", _num(s.get("wall_seconds"), 1), _num(s.get("accelerator_hours"), 4),
-             "skipped (done earlier)" if s.get("skipped") else ""] for name, s in stages.items()]
-    return markdown_table(["Stage", "tokens", "wall s", "accelerator-hours", "note"], rows)
+def cost_table(stages: dict[str, dict[str, Any]], accelerator_hour_price: float | None = None) -> str:
+    """run.json's stage costs and their total; with a price, dollars = accelerator-hours × price,
+    the columns of docs/cluster-plan.md's estimates."""
+    def row(name: str, tokens: str, wall: float | None, hours: float | None, note: str) -> list[str]:
+        dollars = [] if accelerator_hour_price is None else [
+            _num(None if hours is None else hours * accelerator_hour_price, 2)]
+        return [name, tokens, _num(wall, 1), _num(hours, 4), *dollars, note]
+
+    rows = [row(name, f"{s.get('tokens', 0):,}", s.get("wall_seconds"), s.get("accelerator_hours"),
+                "skipped (done earlier)" if s.get("skipped") else "") for name, s in stages.items()]
+    # No total of tokens: generated (curation, evaluation) and processed (training) do not add up.
+    rows.append(row("**total**", "", sum(s.get("wall_seconds") or 0 for s in stages.values()),
+                    sum(s.get("accelerator_hours") or 0 for s in stages.values()), ""))
+    dollars = [] if accelerator_hour_price is None else ["dollars"]
+    return markdown_table(["Stage", "tokens", "wall s", "accelerator-hours", *dollars, "note"], rows)
 
 
 def training_table(runs: dict[str, dict[str, Any]]) -> str:
     """The training contract each run kept (SPEC §5–6), from its result.json: groups trained on
-    and held out for validation, groups per optimizer step, steps, groups the K' keep rule
-    dropped, and responses cut at max_seq_len."""
+    and held out for validation, groups per optimizer step, steps, the learning rate, epochs and
+    optimizer (compared runs should differ only in what was chosen for each on validation), groups
+    the K' keep rule dropped, and responses cut at max_seq_len."""
     def count(value: Any) -> str:
         return "–" if value is None else f"{value:,}"
 
@@ -123,10 +135,11 @@ def training_table(runs: dict[str, dict[str, Any]]) -> str:
             model_label(name), count(r.get("train_groups")),
             f"{count(r.get('val_groups'))} ({'–' if fraction is None else f'{100 * fraction:g}%'} by id hash)",
             count(r.get("groups_per_step")), count(r.get("step")),
+            "–" if r.get("lr") is None else f"{r['lr']:g}", count(r.get("epochs")), r.get("optimizer") or "–",
             "all" if k is None else str(k), count(r.get("dropped_groups")) if k is not None else "–",
             f"{count(r.get('truncated_responses'))} in {count(r.get('truncated_groups'))} groups "
             f"(max_seq_len {count(r.get('max_seq_len'))})",
         ])
     return markdown_table(["Run", "training groups", "validation groups", "groups per step", "optimizer steps",
-                           "responses per group", "dropped (no correct in the first K')",
+                           "learning rate", "epochs", "optimizer", "responses per group", "dropped (no correct in the first K')",
                            "responses cut at max_seq_len"], rows)

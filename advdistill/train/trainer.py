@@ -109,6 +109,9 @@ def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dic
     return {
         "train_groups": len(train), "val_groups": len(val), "val_fraction": tc.val_fraction,
         "groups_per_step": tc.groups_per_step, "responses_per_group": tc.responses_per_group,
+        # the optimizer's settings, so the report can show that compared runs had the same ones
+        "lr": tc.lr, "epochs": tc.epochs, "optimizer": f"AdamW, weight decay {tc.weight_decay:g}, "
+                                                     f"warm-up {tc.warmup_ratio:g}, cosine",
         "dropped_groups": sum(not f["keep"] and not f.get("skipped") for f in flags), "max_seq_len": tc.max_seq_len,
         # groups not trained on at all (the prompt alone fills max_seq_len), with their reasons
         "skipped_groups": len(skipped),
