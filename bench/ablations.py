@@ -30,6 +30,7 @@ from advdistill.evaluation.stats import paired_difference, wilson_interval  # no
 
 ABLATIONS = {  # slug → (what changes, config overrides, learning rate if not AdvDistill's chosen one)
     "lam0": ("no contrastive penalty (λ = 0)", ["train.loss.lam=0"], None),
+    "lam0.1": ("a weaker contrastive penalty (λ = 0.1)", ["train.loss.lam=0.1"], None),
     "tau2": ("flatter advantage weights (τ = 2)", ["train.loss.tau=2.0"], None),
     "unpacked": ("shared-prefix packing off (same loss, K separate sequences)", ["train.shared_prefix_packing=false"],
                  None),

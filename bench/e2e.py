@@ -2,6 +2,7 @@
 on this machine, stage by stage, against the 15-minute budget.
 
     python bench/e2e.py                 # runs the default into a fresh folder
+    python bench/e2e.py --output runs/tiny  # the same, into a folder of your choice
     python bench/e2e.py --run runs/tiny # reads a finished run's run.json instead
 """
 
@@ -23,13 +24,17 @@ BUDGET_S = 15 * 60
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="an existing distill.py output folder")
+    parser.add_argument("--output", help="where the fresh run goes (default: a new temporary folder); kept, so "
+                                         "its report can be read afterwards")
     args = parser.parse_args()
     header("Embedded default end to end", "python bench/e2e.py" + (f" --run {args.run}" if args.run else ""))
     total = None
     if args.run:
         run = Path(args.run)
     else:
-        run = Path(tempfile.mkdtemp(prefix="advdistill-e2e-")) / "run"
+        run = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="advdistill-e2e-")) / "run"
+        if (run / "run.json").exists():
+            raise SystemExit(f"{run} holds a run already: a rerun would skip its stages (pick a new --output)")
         start = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "ray_jobs" / "distill.py"), "--output", str(run)], check=True,
                        stdout=subprocess.DEVNULL)
