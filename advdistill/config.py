@@ -312,6 +312,11 @@ class ServeConfig(Section):
                                                              "state and results (relative: to the repository)")
     max_concurrent_jobs: int = Field(2, ge=1, description="evaluation jobs running at once per API replica "
                                                           "(429 beyond)")
+    job_heartbeat_s: float = Field(10.0, gt=0, description="a running job's state is written at least this "
+                                                           "often; after 6 heartbeats without one, a live API replica "
+                                                           "starts the job again")
+    job_attempts: int = Field(3, ge=1, description="times a job may start (its replica stopped each time) before it "
+                                                   "ends `interrupted`")
     on_demand: bool = Field(True, description="requests may name any model folder under checkpoint_root (loaded on "
                                               "first use, no redeploy); off: only the configured models")
     max_models_per_replica: int = Field(2, ge=1, description="on-demand checkpoints one replica keeps loaded "

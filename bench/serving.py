@@ -101,6 +101,12 @@ def main() -> None:
     records = make_split("test", args.items)
     items = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in records]
     init_ray()
+    # The end-to-end offline evaluator first, while the cluster is free: beside the Serve app its
+    # Ray Data actors would wait for CPUs the replicas hold.
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        evaluate(cfg, str(REPO / args.model), DatasetConfig(name="synthetic", split="test", limit=args.items), out)
+        end_to_end = time.perf_counter() - start
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(REPO),
                          "models": [{"name": "m", "path": args.model}]}), name="bench", route_prefix="/")
@@ -124,10 +130,6 @@ def main() -> None:
     from common import interleaved
 
     times = interleaved({"serve": served, "offline": offline}, repeats=args.repeats)
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        evaluate(cfg, str(REPO / args.model), DatasetConfig(name="synthetic", split="test", limit=args.items), out)
-        end_to_end = time.perf_counter() - start
     print(f"- /evaluate on {args.items} items / offline evaluation of the same items (warm engine, same engine and scoring; "
           f"median of {args.repeats}): **{times['serve'] / times['offline']:.2f}x** (goal <= 1.2x)")
     print(f"  (the end-to-end offline evaluator, Ray Data with a fresh engine, took {end_to_end / times['serve']:.1f}x "

@@ -1,9 +1,10 @@
-"""Evaluation job files (`serve.jobs`): atomic state, readable by any later replica, and a job
-whose replica stopped reads as interrupted instead of running forever."""
+"""Evaluation job files (`serve.jobs`): atomic state, readable by any later replica; a job whose
+replica stopped is adopted by exactly one live replica, and ends `interrupted` instead of running
+forever when it cannot be started again."""
 
 import pytest
 
-from advdistill.serve.jobs import STALE_AFTER_S, JobStore, job_state, new_job_id
+from advdistill.serve.jobs import JobStore, job_state, new_job_id
 
 
 def test_state_round_trips_and_unknown_or_malformed_ids_are_key_errors(tmp_path):
@@ -19,13 +20,42 @@ def test_state_round_trips_and_unknown_or_malformed_ids_are_key_errors(tmp_path)
             store.read(bad)
 
 
-def test_a_running_job_without_heartbeat_reads_as_interrupted(tmp_path):
-    store = JobStore(tmp_path)
+def test_a_job_without_heartbeat_reads_as_queued_again_until_it_cannot_be_restarted(tmp_path):
+    store = JobStore(tmp_path, heartbeat_s=10.0, max_attempts=2)
+    stale = store.stale_after_s
+    assert stale == 60.0
     job = job_state(new_job_id(), "m", total=10, status="running", done=4)
     store.write(job)
     written = store.read(job["id"])["updated_at"]
-    assert store.read(job["id"], now=written + STALE_AFTER_S - 1)["status"] == "running"
-    late = store.read(job["id"], now=written + STALE_AFTER_S + 1)
+    assert store.read(job["id"], now=written + stale - 1)["status"] == "running"
+    late = store.read(job["id"], now=written + stale + 1)  # no request saved: nothing to start again
     assert late["status"] == "interrupted" and "submit it again" in late["error"] and late["done"] == 4
+    store.save_request(job["id"], {"model": "m", "items": []})
+    late = store.read(job["id"], now=written + stale + 1)
+    assert late["status"] == "queued" and late["done"] == 0 and "starts it again" in late["error"]
+    store.write({**job, "attempts": 2})  # started as often as allowed
+    written = store.read(job["id"])["updated_at"]
+    assert store.read(job["id"], now=written + stale + 1)["status"] == "interrupted"
     store.write({**job, "status": "done", "done": 10})
-    assert store.read(job["id"], now=written + 10 * STALE_AFTER_S)["status"] == "done"  # finished jobs never go stale
+    assert store.read(job["id"], now=written + 10 * stale)["status"] == "done"  # finished jobs never go stale
+
+
+def test_stale_lists_only_unfinished_jobs_past_their_heartbeat(tmp_path):
+    store = JobStore(tmp_path, heartbeat_s=1.0)
+    running, done = (job_state(new_job_id(), "m", total=3, status=s) for s in ("running", "done"))
+    for job in (running, done):
+        store.write(job)
+    store.save_request(running["id"], {"model": "m"})
+    (tmp_path / "junk.json").write_text("{")
+    now = store.read(running["id"])["updated_at"]
+    assert store.stale(now=now + 1) == []
+    assert [j["id"] for j in store.stale(now=now + store.stale_after_s + 1)] == [running["id"]]
+    assert store.load_request(running["id"]) == {"model": "m"} and store.load_request(done["id"]) is None
+
+
+def test_one_claim_per_attempt_across_stores(tmp_path):
+    first, second = JobStore(tmp_path), JobStore(tmp_path)  # two replicas on one shared folder
+    job_id = new_job_id()
+    assert first.claim(job_id, 2) is True
+    assert second.claim(job_id, 2) is False and first.claim(job_id, 2) is False
+    assert second.claim(job_id, 3) is True

@@ -71,6 +71,7 @@ def server(ray_cluster, data_root, jobs_folder, checkpoint_root):
     app = build_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(checkpoint_root),
                      "data_root": str(data_root), "max_items": 1000, "max_tokens_limit": 512,
                      "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1, "max_models_per_replica": 1,
+                     "job_heartbeat_s": 1.0,
                      "checkpoints_ray_actor_options": {"num_cpus": 0.5},
                      "models": [{"name": "tiny-student", "path": "models/tiny-student", "base_model": False},
                                 {"name": "tiny-teacher", "path": "models/tiny-teacher", "base_model": True}]})
@@ -321,6 +322,47 @@ def test_a_job_finishes_when_its_model_replica_is_killed_under_it(server, jobs_f
     assert [r["response"] for r in job["result"]["results"]] == [r["response"] for r in direct["results"]]
     later = httpx.get(f"{server}/evaluations/{job['id']}", timeout=30).json()
     assert later["result"] == job["result"] == JobStore(jobs_folder).read(job["id"])["result"]
+
+
+def test_a_job_starts_again_on_a_new_api_replica_when_its_replica_dies(server, jobs_folder):
+    """The API replica running a job is killed (ray.kill, as a crash or a lost node would): Serve
+    starts another, which finds the job's file silent for 6 heartbeats, claims it, and runs it again
+    from its saved request; the job ends done, with the same answers as an undisturbed /evaluate."""
+    import ray
+
+    def api_replicas():
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith("SERVE_REPLICA::advdistill#EvaluateAPI#"))
+
+    def poll(job_id):
+        try:
+            answer = httpx.get(f"{server}/evaluations/{job_id}", timeout=30)
+        except httpx.HTTPError:
+            return None  # no API replica for a moment
+        return answer.json() if answer.status_code == 200 else None
+
+    before = api_replicas()
+    assert len(before) == 1
+    body = {"model": "tiny-student", "dataset": {"name": "synthetic", "split": "test", "limit": 1000},
+            "sampling": {"max_tokens": 160}}
+    job = httpx.post(server + "/evaluations", json=body, timeout=60).json()
+    while job["status"] == "queued":
+        time.sleep(0.1)
+        job = poll(job["id"]) or job
+    assert job["status"] == "running" and job["done"] < job["total"], job  # its file says running too
+    ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+    deadline, seen = time.time() + 600, []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        job = poll(job["id"]) or job
+        seen.append(job["status"])
+        if job["status"] not in ("queued", "running"):
+            break
+    assert job["status"] == "done", job
+    assert job["attempts"] == 2 and job["total"] == job["done"] == len(job["result"]["results"]) == 1000
+    assert set(api_replicas()).isdisjoint(before)
+    direct = evaluate(server, body).json()
+    assert [r["response"] for r in job["result"]["results"]] == [r["response"] for r in direct["results"]]
 
 
 def test_serve_run_cli_with_token_auth(server, ray_cluster, tmp_path):

@@ -86,7 +86,7 @@ from advdistill.serve.openai_compat import (
 )
 from advdistill.serve.openai_compat import Completion as OpenAICompletion
 from advdistill.serve.openai_compat import completion as openai_completion
-from advdistill.serve.jobs import HEARTBEAT_S, JobStore, job_state, new_job_id
+from advdistill.serve.jobs import JobStore, job_state, new_job_id
 from advdistill.serve.schemas import (
     AUTH_RESPONSES,
     ERROR_RESPONSES,
@@ -367,9 +367,11 @@ class EvaluateAPI:
                            for name, path in (tokenizer_paths or {}).items()}
         # Tokenising, loading and scoring run here, never on the event loop.
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evaluate")
-        self.jobs = JobStore(self.cfg.serve.jobs_folder)
+        self.jobs = JobStore(self.cfg.serve.jobs_folder, self.cfg.serve.job_heartbeat_s, self.cfg.serve.job_attempts)
         self.running_jobs: dict[str, asyncio.Task] = {}
         self.job_states: dict[str, dict[str, Any]] = {}  # this replica's unfinished jobs, updated in place
+        # Serve runs the constructor on the replica's event loop: adopt the jobs of replicas that stopped.
+        self.adopter = asyncio.get_running_loop().create_task(self._adopt_stale_jobs())
 
     async def _off_loop(self, fn: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         future = asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
@@ -414,6 +416,7 @@ class EvaluateAPI:
             raise HTTPException(429, f"{active} evaluation jobs are running (serve.max_concurrent_jobs); "
                                      "retry when one is done", headers={"Retry-After": "30"})
         state = job_state(new_job_id(), body.model, total=len(plan.records))
+        await self._off_loop(self.jobs.save_request, state["id"], body.model_dump(mode="json", exclude_unset=True))  # to start it again
         self.job_states[state["id"]] = state  # readable at once, before its file is written
         self.running_jobs[state["id"]] = asyncio.create_task(self._run_job(state, plan))
         return EvaluationJob.model_validate(state)
@@ -558,7 +561,7 @@ class EvaluateAPI:
 
         async def heartbeat() -> None:  # long chunks: the file still says this replica is alive
             while True:
-                await asyncio.sleep(HEARTBEAT_S)
+                await asyncio.sleep(self.jobs.heartbeat_s)
                 await self._off_loop(self.jobs.write, dict(state))
 
         beating = asyncio.create_task(heartbeat())
@@ -576,6 +579,44 @@ class EvaluateAPI:
             await self._off_loop(self.jobs.write, state)
             self.running_jobs.pop(state["id"], None)
             self.job_states.pop(state["id"], None)  # from now on read from its file
+
+    async def _adopt_stale_jobs(self) -> None:
+        """Every heartbeat: start again the jobs whose replica stopped (a restart, a crash, a lost
+        node), from their saved request; one replica wins each attempt's claim."""
+        while True:
+            await asyncio.sleep(self.jobs.heartbeat_s)
+            try:
+                for job in await self._off_loop(self.jobs.stale):
+                    if job["id"] in self.running_jobs:
+                        continue  # ours, only slow to write
+                    if sum(not task.done() for task in self.running_jobs.values()) >= self.cfg.serve.max_concurrent_jobs:
+                        break  # at the cap: next heartbeat
+                    await self._adopt(job)
+            except Exception as err:  # noqa: BLE001 - the adopter must outlive any one bad job file
+                print(f"evaluation jobs: adopting stale jobs failed: {type(err).__name__}: {err}", flush=True)
+
+    async def _adopt(self, job: dict[str, Any]) -> None:
+        attempt = job.get("attempts", 1) + 1
+        if not await self._off_loop(self.jobs.claim, job["id"], attempt):
+            return  # another replica took it
+        request = await self._off_loop(self.jobs.load_request, job["id"])
+        if request is None or attempt > self.jobs.max_attempts:
+            why = "its request was not saved" if request is None else f"it started {attempt - 1} times"
+            await self._off_loop(self.jobs.write, {**job, "status": "interrupted",
+                                                   "error": f"the replica running this job stopped and {why}; "
+                                                            "submit it again"})
+            return
+        state = {**job, "status": "queued", "done": 0, "attempts": attempt, "error": None}
+        try:  # checked again: the models, limits or data may have changed since it was submitted
+            plan = await self._plan(EvaluateRequest.model_validate(request))
+        except Exception as err:  # noqa: BLE001 - a job that cannot start again ends failed, never claimed and silent
+            why = (f"{err.status_code}: {err.detail}" if isinstance(err, HTTPException)
+                   else f"422: {err}" if isinstance(err, RequestInvalid) else f"{type(err).__name__}: {err}")
+            await self._off_loop(self.jobs.write, {**state, "status": "failed", "error": excerpt(why, 500)})
+            return
+        state["total"] = len(plan.records)
+        self.job_states[job["id"]] = state
+        self.running_jobs[job["id"]] = asyncio.create_task(self._run_job(state, plan))
 
     async def _plan(self, body: EvaluateRequest) -> "Plan":
         """Every check before generation; what to generate and how."""
@@ -764,7 +805,7 @@ class EvaluateAPI:
 
 SERVE_FIELDS = ("checkpoint_root", "data_root", "max_items", "max_tokens_limit", "token_env", "max_body_bytes",
                 "max_dataset_bytes", "load_timeout_s", "allow_hub", "jobs_folder", "max_concurrent_jobs", "on_demand",
-                "max_models_per_replica")
+                "max_models_per_replica", "job_heartbeat_s", "job_attempts")
 
 
 def check_data_root(data_root: Path) -> None:

@@ -4,9 +4,12 @@ connection open, and a finished job's result outlives the replica that computed 
 
 A job is `queued` → `running` (with `done`/`total` items) → `done` (with the same body
 `/evaluate` returns) or `failed` (with the error). The running replica rewrites the file as
-chunks finish, atomically (write a temporary file, then rename), with a heartbeat: a job whose
-file says `running` but whose heartbeat is older than `STALE_AFTER_S` lost its replica (a
-restart, a crash) and reads as `interrupted` — resubmit it. Plain Python: no Ray, no FastAPI.
+chunks finish, atomically (write a temporary file, then rename), with a heartbeat. A job whose
+heartbeat is older than `stale_after_s` lost its replica (a restart, a crash): any live API
+replica adopts it — one only, by an exclusive claim file per attempt — and runs it again from its
+request, kept beside it in `ID.request.json`. A job that has started `max_attempts` times (a
+request that kills its replica every time) or has no request file ends `interrupted`.
+Plain Python: no Ray, no FastAPI.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-STALE_AFTER_S = 60.0  # a running job's file is rewritten at least every HEARTBEAT_S
-HEARTBEAT_S = 10.0
+STALE_HEARTBEATS = 6  # a job is stale after this many heartbeat periods without a write
 ACTIVE = ("queued", "running")
 
 
@@ -32,14 +34,53 @@ def new_job_id() -> str:
 class JobStore:
     """The job files of one folder."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, heartbeat_s: float = 10.0, max_attempts: int = 3):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.heartbeat_s = heartbeat_s  # the running replica writes the file at least this often
+        self.stale_after_s = STALE_HEARTBEATS * heartbeat_s
+        self.max_attempts = max_attempts
 
     def path(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):
             raise KeyError(job_id)
         return self.folder / f"{job_id}.json"
+
+    def save_request(self, job_id: str, request: dict[str, Any]) -> None:
+        """The job's request, written once (a state file rewritten every second stays small)."""
+        target = self.path(job_id).with_suffix(".request.json")
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(request))
+        os.replace(partial, target)
+
+    def load_request(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path(job_id).with_suffix(".request.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def claim(self, job_id: str, attempt: int) -> bool:
+        """True for exactly one caller per (job, attempt), across replicas and processes."""
+        try:
+            os.close(os.open(self.folder / f"{job_id}.attempt-{attempt}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def stale(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Unfinished jobs whose replica stopped writing: the ones a live replica should adopt."""
+        now = time.time() if now is None else now
+        found = []
+        for path in sorted(self.folder.glob("*.json")):
+            if not JOB_ID.match(path.stem):
+                continue  # a request file
+            try:
+                job = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if job.get("status") in ACTIVE and now - job.get("updated_at", 0) > self.stale_after_s:
+                found.append(job)
+        return found
 
     def write(self, job: dict[str, Any]) -> None:
         job = {**job, "updated_at": time.time()}
@@ -55,15 +96,21 @@ class JobStore:
         except (FileNotFoundError, json.JSONDecodeError):
             raise KeyError(job_id) from None
         now = time.time() if now is None else now
-        if job["status"] in ACTIVE and now - job.get("updated_at", 0) > STALE_AFTER_S:
-            job = {**job, "status": "interrupted",
-                   "error": f"the replica running this job stopped (no heartbeat for {now - job['updated_at']:.0f} s); "
-                            "submit it again"}
+        if job["status"] in ACTIVE and now - job.get("updated_at", 0) > self.stale_after_s:
+            silent = now - job["updated_at"]
+            if job.get("attempts", 1) < self.max_attempts and self.path(job_id).with_suffix(".request.json").exists():
+                job = {**job, "status": "queued", "done": 0,
+                       "error": f"the replica running this job stopped (no heartbeat for {silent:.0f} s); "
+                                "a live replica starts it again"}
+            else:
+                job = {**job, "status": "interrupted",
+                       "error": f"the replica running this job stopped (no heartbeat for {silent:.0f} s) after "
+                                f"{job.get('attempts', 1)} attempt(s); submit it again"}
         return job
 
 
 def job_state(job_id: str, model: str, total: int, status: str = "queued", done: int = 0,
-              result: dict[str, Any] | None = None, error: str | None = None, created_at: float | None = None
-              ) -> dict[str, Any]:
+              result: dict[str, Any] | None = None, error: str | None = None, created_at: float | None = None,
+              attempts: int = 1) -> dict[str, Any]:
     return {"id": job_id, "model": model, "status": status, "done": done, "total": total, "result": result,
-            "error": error, "created_at": created_at if created_at is not None else time.time()}
+            "error": error, "created_at": created_at if created_at is not None else time.time(), "attempts": attempts}

@@ -225,13 +225,15 @@ def _response_models(breakdowns: tuple[tuple[str, tuple[str, ...]], ...]) -> Res
         id: str
         model: str
         status: Literal["queued", "running", "done", "failed", "interrupted"] = Field(
-            description="interrupted: the replica running it stopped; submit it again")
+            description="queued again when the replica running it stopped (a live replica restarts it); "
+                        "interrupted: that happened serve.job_attempts times; submit it again")
         done: int = Field(description="items generated so far")
         total: int = Field(description="items to generate (those that fit the model's context)")
         result: EvaluateResponse | None = Field(None, description="when done: what /evaluate returns")
         error: str | None = Field(None, description="when failed or interrupted: why")
         created_at: float = Field(description="Unix time")
         updated_at: float | None = Field(None, description="Unix time of the last state written")
+        attempts: int = Field(1, description="times the job has started (more than 1 after its replica stopped)")
 
     for model in (EvaluateResponse, EvaluationJob):
         model.__qualname__ = model.__name__  # as the module's own names: picklable by reference
