@@ -59,3 +59,7 @@ def test_one_claim_per_attempt_across_stores(tmp_path):
     assert first.claim(job_id, 2) is True
     assert second.claim(job_id, 2) is False and first.claim(job_id, 2) is False
     assert second.claim(job_id, 3) is True
+    first.save_request(job_id, {"model": "m"})
+    first.finish(job_state(job_id, "m", total=1, status="done", done=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{job_id}.json"]  # request and claims gone
+    assert first.stale(now=float("inf")) == []

@@ -576,7 +576,7 @@ class EvaluateAPI:
             state.update(status="failed", error=excerpt(f"{type(err).__name__}: {err}", 500))
         finally:
             beating.cancel()
-            await self._off_loop(self.jobs.write, state)
+            await self._off_loop(self.jobs.finish, state)
             self.running_jobs.pop(state["id"], None)
             self.job_states.pop(state["id"], None)  # from now on read from its file
 
@@ -602,7 +602,7 @@ class EvaluateAPI:
         request = await self._off_loop(self.jobs.load_request, job["id"])
         if request is None or attempt > self.jobs.max_attempts:
             why = "its request was not saved" if request is None else f"it started {attempt - 1} times"
-            await self._off_loop(self.jobs.write, {**job, "status": "interrupted",
+            await self._off_loop(self.jobs.finish, {**job, "status": "interrupted",
                                                    "error": f"the replica running this job stopped and {why}; "
                                                             "submit it again"})
             return
@@ -612,7 +612,7 @@ class EvaluateAPI:
         except Exception as err:  # noqa: BLE001 - a job that cannot start again ends failed, never claimed and silent
             why = (f"{err.status_code}: {err.detail}" if isinstance(err, HTTPException)
                    else f"422: {err}" if isinstance(err, RequestInvalid) else f"{type(err).__name__}: {err}")
-            await self._off_loop(self.jobs.write, {**state, "status": "failed", "error": excerpt(why, 500)})
+            await self._off_loop(self.jobs.finish, {**state, "status": "failed", "error": excerpt(why, 500)})
             return
         state["total"] = len(plan.records)
         self.job_states[job["id"]] = state

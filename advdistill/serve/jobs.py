@@ -46,16 +46,17 @@ class JobStore:
             raise KeyError(job_id)
         return self.folder / f"{job_id}.json"
 
+    def request_path(self, job_id: str) -> Path:
+        return self.path(job_id).with_suffix(".request.json")
+
     def save_request(self, job_id: str, request: dict[str, Any]) -> None:
-        """The job's request, written once (a state file rewritten every second stays small)."""
-        target = self.path(job_id).with_suffix(".request.json")
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(request))
-        os.replace(partial, target)
+        """The job's request, written once (a state file rewritten every second stays small); it
+        exists while the job is unfinished, so `stale` reads only unfinished jobs' files."""
+        write_atomic(self.request_path(job_id), request)
 
     def load_request(self, job_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.path(job_id).with_suffix(".request.json").read_text())
+            return json.loads(self.request_path(job_id).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -71,23 +72,24 @@ class JobStore:
         """Unfinished jobs whose replica stopped writing: the ones a live replica should adopt."""
         now = time.time() if now is None else now
         found = []
-        for path in sorted(self.folder.glob("*.json")):
-            if not JOB_ID.match(path.stem):
-                continue  # a request file
+        for request in sorted(self.folder.glob("*.request.json")):  # unfinished jobs only
             try:
-                job = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+                job = json.loads(self.path(request.name.removesuffix(".request.json")).read_text())
+            except (KeyError, OSError, json.JSONDecodeError):
                 continue
             if job.get("status") in ACTIVE and now - job.get("updated_at", 0) > self.stale_after_s:
                 found.append(job)
         return found
 
     def write(self, job: dict[str, Any]) -> None:
-        job = {**job, "updated_at": time.time()}
-        target = self.path(job["id"])
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(job))
-        os.replace(partial, target)  # readers see the old state or the new one, never half a file
+        write_atomic(self.path(job["id"]), {**job, "updated_at": time.time()})
+
+    def finish(self, job: dict[str, Any]) -> None:
+        """Write a job's last state; its request and claims are no longer needed."""
+        self.write(job)
+        self.request_path(job["id"]).unlink(missing_ok=True)
+        for claim in self.folder.glob(f"{job['id']}.attempt-*.claim"):
+            claim.unlink(missing_ok=True)
 
     def read(self, job_id: str, now: float | None = None) -> dict[str, Any]:
         """The job's state; KeyError for an unknown (or malformed) id."""
@@ -98,7 +100,7 @@ class JobStore:
         now = time.time() if now is None else now
         if job["status"] in ACTIVE and now - job.get("updated_at", 0) > self.stale_after_s:
             silent = now - job["updated_at"]
-            if job.get("attempts", 1) < self.max_attempts and self.path(job_id).with_suffix(".request.json").exists():
+            if job.get("attempts", 1) < self.max_attempts and self.request_path(job_id).exists():
                 job = {**job, "status": "queued", "done": 0,
                        "error": f"the replica running this job stopped (no heartbeat for {silent:.0f} s); "
                                 "a live replica starts it again"}
@@ -107,6 +109,12 @@ class JobStore:
                        "error": f"the replica running this job stopped (no heartbeat for {silent:.0f} s) after "
                                 f"{job.get('attempts', 1)} attempt(s); submit it again"}
         return job
+
+
+def write_atomic(target: Path, data: Any) -> None:
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, target)  # readers see the old state or the new one, never half a file
 
 
 def job_state(job_id: str, model: str, total: int, status: str = "queued", done: int = 0,
