@@ -62,7 +62,8 @@ def records_and_prompts(cfg):
 def run_bare(cfg) -> float:
     from advdistill.curate.stage import score_curated
     from advdistill.data.loaders import load_records
-    from advdistill.generation.engines import GenerationParams, VLLMEngine
+    from advdistill.generation.base import GenerationParams
+    from advdistill.generation.engines import VLLMEngine
     from advdistill.generation.rows import generate_rows
 
     start = time.perf_counter()  # prompt building too, as the other sides do
@@ -99,7 +100,8 @@ def run_ray_data_llm(cfg) -> float:
 
     from advdistill.cli import init_ray
     from advdistill.scoring import score_group
-    from advdistill.generation.engines import configure_vllm_cpu_env, gpu_available, resolve_dtype
+    from advdistill.generation.base import gpu_available
+    from advdistill.generation.engines import configure_vllm_cpu_env, resolve_dtype
     from advdistill.generation.rows import prompt_seed
 
     start = time.perf_counter()

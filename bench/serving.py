@@ -93,7 +93,7 @@ def main() -> None:
     from advdistill.config import DatasetConfig, load_config
     from advdistill.data.synthetic import make_split
     from advdistill.evaluation.evaluator import eval_params, evaluate, score_predictions
-    from advdistill.generation.engines import make_engine
+    from advdistill.generation.factory import make_engine
     from advdistill.generation.rows import generate_rows
     from advdistill.serve.app import build_app
 

@@ -39,7 +39,8 @@ def teacher_groups(cfg, n_prompts: int, seed: int) -> list[dict]:
     """Groups as the curate stage makes them (SPEC §1, §3-5), in this process."""
     from advdistill.curate.stage import score_curated
     from advdistill.data.synthetic import make_split
-    from advdistill.generation.engines import GenerationParams, HFEngine
+    from advdistill.generation.base import GenerationParams
+    from advdistill.generation.engines import HFEngine
     from advdistill.generation.rows import generate_rows
 
     engine = HFEngine(str(REPO / cfg.teacher), cfg.curate.engine)

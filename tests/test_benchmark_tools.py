@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from advdistill.config import EngineConfig
-from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
+from advdistill.generation.base import GenerationParams
+from advdistill.generation.engines import HFEngine, VLLMEngine
 
 from conftest import REPO, TINY_TEACHER
 

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 
 from advdistill.data.synthetic import make_split
 from advdistill.prompts import build_prompt, end_of_turn_token_ids
-from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
+from advdistill.generation.base import GenerationParams
+from advdistill.generation.engines import HFEngine, VLLMEngine
 
 from conftest import TINY_TEACHER
 

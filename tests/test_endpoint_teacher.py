@@ -170,7 +170,7 @@ def test_a_killed_server_stops_the_run_and_the_rerun_completes_exactly_once(serv
 def test_a_wrong_key_and_an_unknown_model_are_clear_errors(server, monkeypatch, tiny_cfg):
     from advdistill.config import EndpointConfig, EngineConfig
     from advdistill.generation.endpoint import EndpointError, OpenAIEngine
-    from advdistill.generation.engines import GenerationParams
+    from advdistill.generation.base import GenerationParams
 
     params = GenerationParams(max_tokens=8)
     base = {"base_url": server.url, "model": "tiny-teacher", "api_key_env": KEY_ENV, "max_retries": 0}

@@ -3,7 +3,8 @@ replica share: a record's samples depend on its id and the seed, not on the batc
 
 from advdistill.config import EngineConfig, PromptConfig
 from advdistill.data.synthetic import make_split
-from advdistill.generation.engines import GenerationParams, HFEngine
+from advdistill.generation.base import GenerationParams
+from advdistill.generation.engines import HFEngine
 from advdistill.generation.rows import generate_rows
 from advdistill.prompts import build_prompt
 from advdistill.schema import GeneratedGroup, arrow_schema, from_arrow, to_arrow

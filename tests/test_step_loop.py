@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from advdistill.data.synthetic import make_split
-from advdistill.generation.engines import GenerationParams, VLLMEngine
+from advdistill.generation.base import GenerationParams
+from advdistill.generation.engines import VLLMEngine
 from advdistill.generation.rows import prompt_seed
 from advdistill.generation.step_loop import EngineLoopError
 from advdistill.prompts import build_prompt

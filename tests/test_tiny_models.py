@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from advdistill.data.synthetic import make_split
 from advdistill.prompts import build_prompt
 from advdistill.scoring import format_reward, is_correct, judge
-from advdistill.generation.engines import GenerationParams, HFEngine, VLLMEngine
+from advdistill.generation.base import GenerationParams
+from advdistill.generation.engines import HFEngine, VLLMEngine
 
 from conftest import TINY_STUDENT, TINY_TEACHER
 

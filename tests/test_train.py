@@ -77,7 +77,8 @@ def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_c
     ids = tokenizer("<think>", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
 
-    from advdistill.generation.engines import GenerationParams, VLLMEngine
+    from advdistill.generation.base import GenerationParams
+    from advdistill.generation.engines import VLLMEngine
 
     engine = VLLMEngine(str(final), tiny_cfg.eval.engine)
     [[completion]] = engine.generate(["<|im_start|>user\nTom has 3 apples. He buys 2 more. How many apples does Tom "

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from advdistill.config import ExperimentConfig, dump_config
 from advdistill.curate.store import CurateOutput, read_shards, write_scored_batch
 from advdistill.data.loaders import load_records
-from advdistill.generation.engines import GenerationParams
+from advdistill.generation.base import GenerationParams
 from advdistill.generation.ray_stage import USAGE, actor_pool, check_context, generate_and_score
 from advdistill.schema import CuratedGroup, GeneratedGroup, arrow_schema
 from advdistill.storage import resolved, uri

@@ -233,7 +233,8 @@ def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
     of mixed groups (some samples right, some wrong) and the template rate."""
     from advdistill.evaluation.stats import wilson_interval
     from advdistill.scoring import format_reward, judge
-    from advdistill.generation.engines import GenerationParams, make_engine
+    from advdistill.generation.base import GenerationParams
+    from advdistill.generation.factory import make_engine
 
     engine = make_engine(str(model_dir), cfg.curate.engine)
     greedy = GenerationParams(n=1, temperature=0.0, max_tokens=cfg.curate.sampling.max_tokens)
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
 
     specs = {"teacher": TEACHER, "student": STUDENT}
     specs["teacher"].steps, specs["student"].steps = args.teacher_steps, args.student_steps
-    from advdistill.generation.engines import vllm_available
+    from advdistill.generation.base import vllm_available
 
     for role, spec in specs.items():
         if args.only and role != args.only:

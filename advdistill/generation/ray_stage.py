@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 
 from advdistill.config import EngineConfig, PromptConfig, ResourcesConfig
-from advdistill.generation.engines import GenerationParams, make_engine, vllm_available
+from advdistill.generation.base import GenerationParams, vllm_available
+from advdistill.generation.factory import make_engine
 from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows
 from advdistill.schema import GeneratedGroup, Record, arrow_schema, columns, from_arrow, to_arrow
 

@@ -17,7 +17,7 @@ import hashlib
 from typing import Any, Sequence
 
 from advdistill.config import PromptConfig
-from advdistill.generation.engines import Engine, GenerationParams
+from advdistill.generation.base import Engine, GenerationParams
 from advdistill.prompts import build_prompt
 from advdistill.schema import GeneratedGroup, Record
 

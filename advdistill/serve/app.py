@@ -65,7 +65,7 @@ from advdistill.config import REPO, DatasetConfig, ExperimentConfig, load_config
 from advdistill.data.loaders import DATASET_SUFFIXES, DatasetError, checked_record, load_records
 from advdistill.evaluation.evaluator import score_predictions
 from advdistill.evaluation.metrics import summarize_predictions
-from advdistill.generation.engines import GenerationParams
+from advdistill.generation.base import GenerationParams
 from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows, prompt_tokens, too_long_reason
 from advdistill.prompts import exemplars_for, render_prompt
 from advdistill.serve.guard import RequestGuard, bearer_ok, inside, inside_location, is_file
@@ -216,7 +216,7 @@ class ModelServer(Generating):
     """One configured model, one engine."""
 
     def __init__(self, path: str, cfg: dict[str, Any]):
-        from advdistill.generation.engines import make_engine
+        from advdistill.generation.factory import make_engine
 
         self.cfg = ExperimentConfig.model_validate(cfg)
         self.engine = make_engine(path, self.cfg.eval.engine)
@@ -254,7 +254,7 @@ def checkpoint_server(max_models_per_replica: int):
 
         @serve.multiplexed(max_num_models_per_replica=max_models_per_replica)
         async def load(self, model_id: str) -> LoadedCheckpoint:
-            from advdistill.generation.engines import make_engine
+            from advdistill.generation.factory import make_engine
 
             path = inside_location(self.root, model_id) if is_uri(self.root) else inside(Path(self.root), model_id)
             if path is None:  # the ingress checked it; a direct handle call may not have
