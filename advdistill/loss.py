@@ -34,7 +34,12 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
     """log p(label) = (h · W)[label] − logsumexp(h · W), a chunk of tokens at a time.
 
     Backward recomputes each chunk's logits (d logp / d logits = onehot − softmax) instead of
-    saving them, so memory is O(chunk × vocab) rather than O(tokens × vocab)."""
+    saving them, so memory is O(chunk × vocab) rather than O(tokens × vocab).
+
+    Precision follows the forward: every matmul runs in the dtype of `hidden` and `weight` (bf16
+    under FSDP's mixed precision on GPU: tensor cores, not plain fp32), the softmax and its
+    gradient in fp32, and the output head's gradient is summed over chunks in fp32 (fp64 for fp64
+    inputs, which keeps the CPU tests exact)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int):
@@ -67,13 +72,26 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
             probs = torch.exp((h @ weight.t()).to(acc) - lse[start:end, None])
             grad_logits = probs.mul_(-g[:, None])
             grad_logits.scatter_add_(1, labels[start:end, None], g[:, None])
+            grad_logits = grad_logits.to(weight.dtype)  # the matmuls' dtype, as in the forward (no copy in fp32)
             if need_hidden:
-                grad_hidden[start:end] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_hidden[start:end] = (grad_logits @ weight).to(hidden.dtype)
             if need_weight:
-                grad_weight.addmm_(grad_logits.t(), h.to(acc))
+                _add_chunk_grad_weight(grad_weight, grad_logits, h)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None
+
+
+def _add_chunk_grad_weight(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor) -> None:
+    """grad_weight += grad_logitsᵀ · hidden, the product in the inputs' dtype as in the forward.
+
+    fp32 or fp64 inputs: one in-place addmm into the sum. bf16 inputs: the (V, H) product in bf16
+    on tensor cores, then added into the fp32 sum, so rounding does not build up over chunks
+    (`bench/gpu_slot.sh` part 2 times it against plain fp32 and TF32)."""
+    if grad_logits.dtype == grad_weight.dtype:
+        grad_weight.addmm_(grad_logits.t(), hidden.to(grad_weight.dtype))
+    else:
+        grad_weight.add_(grad_logits.t() @ hidden.to(grad_logits.dtype))
 
 
 def token_logprobs(

@@ -65,6 +65,41 @@ def test_token_logprobs_gradcheck():
     assert torch.autograd.gradcheck(lambda h, w: token_logprobs(h, w, labels, chunk_size=3), (hidden, weight))
 
 
+class MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input dtypes of every matrix product run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.seen.append((func.overloadpacket.__name__, {a.dtype for a in args if isinstance(a, torch.Tensor)}))
+        return func(*args, **(kwargs or {}))
+
+
+def test_bf16_backward_multiplies_in_bf16_like_the_forward_and_matches_fp32_gradients():
+    """On GPU, FSDP's mixed precision hands the head bf16 hidden states and weights: the backward's
+    products run in bf16 like the forward's (tensor cores, not plain fp32), the head's gradient is
+    summed over chunks in fp32, and the gradients equal an fp32 reference to bf16 precision."""
+    hidden, weight, labels = random_case(n=4, t=40, h=32, v=300, dtype=torch.float32)
+    upstream = torch.randn(labels.shape)
+    reference = naive_logprobs(hidden, weight, labels)
+    (reference * upstream).sum().backward()
+    low_hidden = hidden.detach().bfloat16().requires_grad_()
+    low_weight = weight.detach().bfloat16().requires_grad_()
+    ours = token_logprobs(low_hidden, low_weight, labels, chunk_size=16)
+    with MatmulDtypes() as products:
+        (ours * upstream).sum().backward()
+    # per chunk: the recomputed logits, the gradient of the hidden states, that of the head
+    assert len(products.seen) == 3 * math.ceil(int((labels != IGNORE_INDEX).sum()) / 16)
+    assert all(dtypes == {torch.bfloat16} for _, dtypes in products.seen), products.seen
+    assert low_weight.grad.dtype == torch.bfloat16
+    scale = lambda g: g.abs().max().item()  # noqa: E731 - bf16 keeps 8 bits: errors relative to the largest entry
+    torch.testing.assert_close(low_hidden.grad.float(), hidden.grad, rtol=0, atol=2e-2 * scale(hidden.grad))
+    torch.testing.assert_close(low_weight.grad.float(), weight.grad, rtol=0, atol=2e-2 * scale(weight.grad))
+
+
 def test_token_logprobs_rejects_bad_chunk_size():
     hidden, weight, labels = random_case()
     with pytest.raises(ValueError):
