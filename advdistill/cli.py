@@ -19,6 +19,8 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 
 from advdistill.config import REPO, ConfigError, ExperimentConfig, load_config, with_overrides
+from advdistill.reaper import RUN_MARKER
+from advdistill.storage import is_uri, location
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
 
@@ -88,8 +90,6 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path | st
     """`path` exists and is a writable folder, or can be created as one: checked by creating it
     and a probe file in it, before any Ray start-up. Exits with a one-line error otherwise. A URI
     (`s3://…`, `advdistill.storage`) is checked on its store by writing and removing a probe object."""
-    from advdistill.storage import is_uri, location
-
     if is_uri(str(path)):
         probe = location(str(path)) / f".write-probe-{uuid.uuid4().hex}"
         try:
@@ -112,8 +112,6 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path | st
 def check_input_path(path: str | Path, what: str) -> Path | str:
     """An input file or folder that must exist (local or on a URI): a one-line error before Ray
     starts otherwise."""
-    from advdistill.storage import location
-
     loc = location(str(path)) if not isinstance(path, Path) else path.expanduser()
     try:
         found = loc.exists()
@@ -127,8 +125,6 @@ def check_input_path(path: str | Path, what: str) -> Path | str:
 def _start_reaper() -> None:
     """Mark this driver's local cluster (every process it starts inherits the environment) and
     start `advdistill/reaper.py`, which ends the marked processes once this driver is gone."""
-    from advdistill.reaper import RUN_MARKER
-
     run_id = os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)
     subprocess.Popen([sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), run_id],
                      start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -146,7 +142,7 @@ def driver_env_vars() -> dict[str, str]:
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the job's cluster (`ray job submit` sets RAY_ADDRESS) or start a local one."""
-    import ray
+    import ray  # Ray: not loaded by `--help` and the checks that run before it starts
 
     if ray.is_initialized():
         return

@@ -11,35 +11,17 @@ file must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from advdistill.methods import MethodName
 from advdistill.tasks import TaskName, get_task, task_names
+from advdistill.template import DEFAULT_SYSTEM_PROMPT
 
 # The repository root: the embedded models and configs that relative defaults refer to.
 REPO = Path(__file__).resolve().parents[1]
-
-DEFAULT_SYSTEM_PROMPT = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant "
-    "solves it. The Assistant first thinks about the reasoning process and then gives the "
-    "answer. The reasoning is enclosed in <think> </think> tags and the answer in "
-    "<answer> </answer> tags, with the final result in \\boxed{}, i.e., "
-    "<think> reasoning here </think> <answer> \\boxed{result} </answer>."
-)
-
-
-def _known_method(name: str) -> str:
-    # The registry lives with the training code (its losses need torch): read only when a mode
-    # is given, not when this module is imported.
-    from advdistill.train.methods import get_method
-
-    get_method(name)
-    return name
-
-
-MethodName = Annotated[str, AfterValidator(_known_method)]
 
 
 class Section(BaseModel):
@@ -219,7 +201,7 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     """SPEC §6 / paper Appendix B."""
 
-    mode: MethodName = Field("advdistill", description="training method (advdistill.train.methods): advdistill, "
+    mode: MethodName = Field("advdistill", description="training method (advdistill.methods): advdistill, "
                                                        "or sft (the best response per group)")
     lr: float = Field(5e-6, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.01, description="AdamW weight decay (matrices only)")
@@ -255,6 +237,9 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (FSDP2 ranks)")
     resources: ResourcesConfig = ResourcesConfig()
     bf16: bool = Field(True, description="bf16 mixed precision on GPU (CPU trains in fp32)")
+    export_dtype: Literal["training", "bfloat16", "float16", "float32"] = Field(
+        "training", description="dtype of the exported student (final/): training = the dtype the step computes in "
+                                "(bf16 on GPU with train.bf16, fp32 on CPU); stated in result.json")
     seed: int = Field(0, description="seed of the initial state and of each epoch's group order")
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the latest checkpoint")
     checkpoint_every: int = Field(400, ge=1, description="optimizer steps between sharded checkpoints")
@@ -275,6 +260,20 @@ class TrainConfig(Section):
             raise ValueError("train.grad_accum was replaced by train.groups_per_step: the number of groups per "
                              "optimizer step across all workers (paper: 16), whatever train.num_workers is")
         return data
+
+    @model_validator(mode="after")
+    def _steps_fill_every_worker(self) -> "TrainConfig":
+        # Every worker runs as many forward/backward passes as the busiest (FSDP's collectives):
+        # a step of G groups on W workers costs ceil(G / W) passes each, the surplus ones padding.
+        workers, groups = self.num_workers, self.groups_per_step
+        if groups % workers:
+            passes = -(-groups // workers) * workers
+            raise ValueError(
+                f"train.groups_per_step {groups} is not a multiple of train.num_workers {workers}: every step would "
+                f"run {passes} forward/backward passes for {groups} groups, {passes - groups} of them zero-weight "
+                f"padding ({(passes - groups) / passes:.0%} of the training GPU time wasted); set groups_per_step to a "
+                f"multiple of num_workers (e.g. {passes}) or num_workers to a divisor of {groups}")
+        return self
 
 
 class EvalConfig(Section):

@@ -1,4 +1,4 @@
-"""Training methods (SPEC §5–6): what `train.mode` selects — the responses of a curated group the
+"""Training methods (SPEC §5–6): what `train.method` selects — the responses of a curated group the
 student trains on, and the loss on them.
 
     advdistill   every response (the first K' with train.responses_per_group); the AdvDistill
@@ -7,19 +7,21 @@ student trains on, and the loss on them.
                  token cross-entropy
 
 Collation asks the method which responses to keep and the training loop asks it for the loss, so
-neither branches on the mode; adding a method is one `register_method(...)` plus its tests, in
-the spirit of verl's `register_policy_loss`. The losses themselves are the pure functions of
-`advdistill.loss`, imported when first computed: the config validates `train.mode` against this
-registry without loading torch.
+neither branches on the method; adding a method is one `register_method(...)` plus its tests, in
+the spirit of verl's `register_policy_loss`. A core module (numpy and the registry only): the
+config validates `train.method` and `train.method_lr` against it, and the losses themselves — the
+pure torch functions of `advdistill.loss` — are imported only when a loss is computed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Mapping, Sequence
+
+import numpy as np
+from pydantic import AfterValidator
 
 from advdistill.registry import Registry
-from advdistill.scoring import best_response
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +55,25 @@ def register_method(method: TrainingMethod) -> TrainingMethod:
     return METHODS.register(method.name, method)
 
 
+def _known_method(name: str) -> str:
+    get_method(name)
+    return name
+
+
+# A method name as configs give it: validated against the registry when it is read.
+MethodName = Annotated[str, AfterValidator(_known_method)]
+
+
 # ---------------------------------------------------------------- the built-in methods
+
+
+def best_response(advantages: Sequence[float], token_lengths: Sequence[int]) -> int:
+    """The SFT target: highest advantage; ties go to the shorter response, then the lower index."""
+    adv = np.asarray(advantages, dtype=np.float64)
+    lengths = np.asarray(token_lengths)
+    # lexsort sorts by the last key first: -advantage, then length, then index.
+    order = np.lexsort((np.arange(adv.size), lengths, -adv))
+    return int(order[0])
 
 
 def every_response(group: Mapping[str, Sequence[Any]]) -> list[int]:
@@ -65,7 +85,7 @@ def best_only(group: Mapping[str, Sequence[Any]]) -> list[int]:
 
 
 def advdistill_terms(logprobs, mask, batch, cfg) -> dict[str, "torch.Tensor"]:
-    from advdistill.loss import advdistill_loss_terms
+    from advdistill.loss import advdistill_loss_terms  # torch: loaded when a loss is computed, not by the config
 
     t = advdistill_loss_terms(logprobs, mask, batch["advantages"], batch["correct"], tau=cfg.tau, lam=cfg.lam,
                               delta=cfg.delta)
@@ -74,7 +94,7 @@ def advdistill_terms(logprobs, mask, batch, cfg) -> dict[str, "torch.Tensor"]:
 
 
 def sft_terms(logprobs, mask, batch, cfg) -> dict[str, "torch.Tensor"]:
-    from advdistill.loss import sft_loss
+    from advdistill.loss import sft_loss  # torch: loaded when a loss is computed, not by the config
 
     return {"loss": sft_loss(logprobs, mask)}
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from advdistill.config import DatasetConfig, ExperimentConfig, ResourcesConfig, dump_config, with_overrides
-from advdistill.evaluation.evaluator import EvalOutput
+from advdistill.curate.stage import curate
+from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
 from advdistill.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
+from advdistill.report import write_report
 from advdistill.run_layout import RunLayout, split_label
 from advdistill.storage import PathLike, is_uri, resolved
 from advdistill.tracking import NoTracking, RunTracker, numbers, open_tracking
-from advdistill.train.trainer import TrainOutput
+from advdistill.train.trainer import TrainOutput, train
 
 
 @dataclass
@@ -152,8 +154,6 @@ def evaluated_models(cfg: ExperimentConfig, layout: RunLayout, runs: list[Traini
 
 
 def _curate(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
-    from advdistill.curate.stage import curate
-
     s = curate(cfg, layout.curate.folder)
     cost = {"tokens": s["tokens_generated"], "wall_seconds": s["wall_seconds"],
             "accelerator_hours": s["accelerator_hours"]}
@@ -167,8 +167,6 @@ def _curate(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
 
 def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOutput, cluster_gpus: int,
            step_logger: dict[str, str] | None) -> dict[str, Any]:
-    from advdistill.train.trainer import train
-
     start = time.time()
     metrics = train(with_overrides(cfg, training_overrides(cfg, run)), layout.curate.folder, out.folder,
                     student=run.student, step_logger=step_logger)
@@ -178,8 +176,6 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOu
 
 def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[DatasetConfig, EvalOutput]],
               cluster_gpus: int) -> dict[str, Any]:
-    from advdistill.evaluation.evaluator import evaluate_splits
-
     if model.endpoint:  # the teacher answers from its server in evaluation as in curation
         cfg = with_overrides(cfg, {"eval.engine": cfg.curate.engine.model_dump(), "eval.resources.use_gpu": False})
     metrics = evaluate_splits(cfg, _local(model.path), splits, few_shot=model.few_shot)
@@ -188,7 +184,7 @@ def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[D
 
 
 def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> dict[str, Any]:
-    import ray
+    import ray  # Ray: the driver's cluster, not needed to import the run's helpers
 
     layout = RunLayout(resolved(output))
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -219,8 +215,6 @@ def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> di
 def _stages(cfg: ExperimentConfig, layout: RunLayout, manifest: RunManifest, tracker: RunTracker | NoTracking,
             cluster_gpus: int) -> PathLike:
     """Every stage not done yet, in order; the report at the end."""
-    from advdistill.report import write_report
-
     manifest.stage("curate", layout.curate.is_complete(), _curate, cfg, layout, actors=GENERATION,
                    track=partial(tracked_curation, layout))
     runs = trainings(cfg)
@@ -270,9 +264,9 @@ def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str]
     import tempfile
 
     import ray
-    from ray import serve
+    from ray import serve  # Ray Serve and FastAPI: loaded only when a run is served
 
-    from advdistill.serve.app import build_app
+    from advdistill.serve.app import build_app  # the API (Ray Serve, FastAPI): only when a run is served
 
     # A GPU per model where the cluster has them; tiny CPU models share the cores.
     options: dict[str, Any] = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) else {"num_cpus": 0.5}

@@ -16,15 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from advdistill.config import DEFAULT_SYSTEM_PROMPT
+# end_of_turn_token_ids lives in a pure module (the training export needs it without pydantic)
+from advdistill.end_of_turn import end_of_turn_token_ids  # noqa: F401 - re-exported
 from advdistill.tasks import MAX_OPTIONS, OPTION_LETTERS, get_task
+from advdistill.template import DEFAULT_SYSTEM_PROMPT, template_response
 
 Message = dict[str, str]
-
-
-def template_response(reasoning: str, answer: str) -> str:
-    """A response in the SPEC template: reasoning in <think>, the result boxed in <answer>."""
-    return f"<think>\n{reasoning.strip()}\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>"
 
 
 def format_question(question: str, choices: Sequence[str] | None = None) -> str:
@@ -147,47 +144,3 @@ def build_prompt(tokenizer: Any, record: dict[str, Any], *, few_shot: int = 0, p
     messages = build_messages(record, few_shot=few_shot, system_prompt=system_prompt, exemplars_path=exemplars_path)
     return render_prompt(tokenizer, messages)
 
-
-# A plain-text probe no chat template rewrites: whatever the template puts right after it closes
-# the assistant's turn.
-_TURN_PROBE = "advdistill end-of-turn probe 7f3c"
-
-
-def _is_special(tokenizer: Any, token_id: int) -> bool:
-    if token_id in set(getattr(tokenizer, "all_special_ids", None) or ()):
-        return True
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    token = added.get(token_id)
-    return bool(getattr(token, "special", False))
-
-
-def _template_end_of_turn_id(tokenizer: Any) -> int | None:
-    """The special token the chat template writes right after an assistant's content, or None."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": _TURN_PROBE}]
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:  # a template that cannot render this exchange: fall back to EOS
-        return None
-    at = text.rfind(_TURN_PROBE)
-    if at < 0:
-        return None
-    # Some templates put a newline between the content and the end-of-turn token.
-    rest = text[at + len(_TURN_PROBE) :].lstrip()
-    ids = tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else []
-    if not ids or not _is_special(tokenizer, ids[0]):
-        return None
-    return int(ids[0])
-
-
-def end_of_turn_token_ids(tokenizer: Any) -> tuple[int, ...]:
-    """Token ids that end the model's turn (SPEC §3): the chat template's end-of-turn token first
-    (`<|im_end|>` for Qwen2.5), then the tokenizer's EOS where it differs.
-
-    Generation stops at any of them (Qwen2.5 *base* models' EOS is `<|endoftext|>`, so a k-shot
-    base model stopping only at EOS writes on into invented turns), and training appends the
-    first one after every response the teacher ended, so a student stops where evaluation
-    expects. Without a chat template (or a special token closing its turns) this is the EOS alone."""
-    ids = [_template_end_of_turn_id(tokenizer), getattr(tokenizer, "eos_token_id", None)]
-    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))

@@ -1,5 +1,5 @@
 """A registry: the names a config string may select, each with its entry (the tasks in
-`advdistill.tasks`, the training methods in `advdistill.train.methods`)."""
+`advdistill.tasks`, the training methods in `advdistill.methods`)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ question cannot be answered).
 
 The loaders, prompts, scoring, the config's and the API's task names all read it from here, so
 adding a task is one `register_task(TaskSpec(...))` plus its tests, as verl's
-`default_compute_score` dispatches on a data source. This module imports nothing else of the
-project but the registry mechanism, so any of them can import it.
+`default_compute_score` dispatches on a data source. Of the project it imports only the registry
+mechanism and the synthetic task's generator (`advdistill.data.synthetic`, which imports only the
+template text), so any of them can import it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import AfterValidator
 
+from advdistill.data.synthetic import make_split
 from advdistill.registry import Registry
 
 # "number": the reference is a plain number (checked when loading); "math": any math expression
@@ -148,10 +150,6 @@ SYNTHETIC_SIZES = {"train": 5000, "val": 500, "test": 1000, "ood": 1000}
 
 
 def _synthetic_split(split: str, limit: int | None, seed: int) -> list[dict[str, Any]]:
-    # Imported here: the generator writes its solutions with `advdistill.prompts`, which reads
-    # this registry.
-    from advdistill.data.synthetic import make_split
-
     return make_split(split, limit if limit is not None else SYNTHETIC_SIZES[split], seed=seed)
 
 

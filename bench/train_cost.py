@@ -29,8 +29,8 @@ from common import REPO, header
 from advdistill.config import load_config, with_overrides
 from advdistill.train.collate import tokenize_group
 from advdistill.train.layout import group_tokens
-from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch, packed_attention, step_groups
-from advdistill.train.model import ResponseLogProbs
+from advdistill.train.loop import epoch_order, loss_terms, make_batch, packed_attention, step_groups
+from advdistill.train.model import ResponseLogProbs, param_groups
 
 SIDES = [("advdistill", False), ("sft", False), ("advdistill", True), ("sft", True)]
 
@@ -88,7 +88,7 @@ def main() -> None:
         lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
         model = ResponseLogProbs(lm, chunk_size=cfg.train.loss.chunk_size,
                                  packed_attention=packed_attention(cfg, "cpu")).train()
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
         runs[(mode, packed)] = {"cfg": cfg, "groups": groups, "model": model, "optimizer": optimizer,
                                 "seconds": 0.0, "tokens": 0, "steps": 0, "step_seconds": []}
 

@@ -68,6 +68,20 @@ def test_groups_per_step_is_one_value_whatever_the_worker_count():
         assert c.train.groups_per_step == 16
 
 
+@pytest.mark.parametrize("groups, workers, waste", [(16, 32, "16 of them zero-weight padding (50%"),
+                                                    (16, 3, "2 of them zero-weight padding (11%"),
+                                                    (3, 2, "1 of them zero-weight padding (25%")])
+def test_a_step_that_leaves_workers_idle_is_refused_with_its_waste(groups, workers, waste):
+    """FSDP makes every worker run as many passes as the busiest: 16 groups on 32 GPUs would pad
+    half the passes. The config refuses it, stating the waste, before any GPU is held."""
+    with pytest.raises(ConfigError, match=r"groups_per_step .* not a multiple of train.num_workers") as err:
+        load_config(None, [f"train.groups_per_step={groups}", f"train.num_workers={workers}"])
+    assert waste in str(err.value)
+    cfg = load_config(None, [f"train.groups_per_step={2 * workers}", f"train.num_workers={workers}"])
+    with pytest.raises(ConfigError, match=waste.replace("(", r"\(")):
+        with_overrides(cfg, {"train.groups_per_step": groups})
+
+
 @pytest.mark.parametrize(
     "overrides, needle",
     [

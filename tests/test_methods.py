@@ -9,11 +9,11 @@ from transformers import AutoModelForCausalLM
 from advdistill.config import ConfigError, load_config, with_overrides
 from advdistill.loss import sft_loss
 from advdistill.scoring import score_group
-from advdistill.train import methods
+from advdistill import methods
 from advdistill.train.collate import tokenize_group
 from advdistill.train.layout import model_inputs
 from advdistill.train.loop import loss_terms, make_batch
-from advdistill.train.methods import TrainingMethod, get_method, method_names, register_method, sft_terms
+from advdistill.methods import TrainingMethod, get_method, method_names, register_method, sft_terms
 from advdistill.train.model import ResponseLogProbs
 
 from conftest import TINY_STUDENT

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from advdistill.config import AdvantageConfig, RewardConfig
+from advdistill.methods import best_response
 from advdistill.scoring import (
     advantage_weights,
-    best_response,
     composite_reward,
     cosine_reward,
     format_reward,

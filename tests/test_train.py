@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import ExperimentConfig, with_overrides
 from advdistill.train.collate import tokenize_group
-from advdistill.train.loop import _param_groups, epoch_order, loss_terms, make_batch, packed_attention
-from advdistill.train.model import ResponseLogProbs
+from advdistill.train.loop import epoch_order, loss_terms, make_batch, packed_attention
+from advdistill.train.model import ResponseLogProbs, param_groups
 from advdistill.train.trainer import groups_folder, train
 
 from conftest import TINY_STUDENT
@@ -70,8 +70,11 @@ def test_training_lowers_the_loss(mode, advdistill_run, ray_cluster, groups, tok
 
 
 def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_cfg):
-    out, _, _ = advdistill_run
+    out, metrics, _ = advdistill_run
     final = out / "final"
+    # train.export_dtype "training": the dtype the CPU workers computed in, stated in result.json
+    assert metrics["export_dtype"] == json.loads((out / "result.json").read_text())["export_dtype"] == "float32"
+    assert json.loads((final / "config.json").read_text())["dtype"] == "float32"
     tokenizer = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final)
     ids = tokenizer("<think>", return_tensors="pt").input_ids
@@ -97,7 +100,7 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
     tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
                              chunk_size=cfg.train.loss.chunk_size, packed_attention=packed_attention(cfg, "cpu"))
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     micro = epoch_order(len(tokenized), 0, cfg.train.seed)[:6]
     total = 0.0
     for index in micro:
@@ -140,15 +143,18 @@ def teacher_cuts(i: int) -> set[int]:
 
 @pytest.fixture(scope="module")
 def groups_with_cuts(tmp_path_factory, tiny_tokenizer, tiny_cfg):
-    return write_groups(tmp_path_factory.mktemp("groups-with-cuts"), tiny_tokenizer, tiny_cfg, n=24, teacher_cuts=teacher_cuts)
+    # 23 groups, 4 dropped: 19 trained on, so the epoch's last step has an odd remainder.
+    return write_groups(tmp_path_factory.mktemp("groups-with-cuts"), tiny_tokenizer, tiny_cfg, n=23, teacher_cuts=teacher_cuts)
 
 
-def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster, groups_with_cuts, tiny_cfg, tmp_path):
+def test_an_epoch_with_an_odd_last_step_on_two_workers_equals_plain_training(ray_cluster, groups_with_cuts, tiny_cfg,
+                                                                             tmp_path):
     """SPEC §5-6 end to end: K' = 3 drops the groups whose first three responses are all wrong
     (counted), max_seq_len cuts are counted in metrics.jsonl and result.json, an optimizer step
-    takes 3 groups on 2 workers (one worker pads with a weight-0 group), the epoch's last step
-    takes the 2 remaining groups, and the whole epoch equals plain single-process training."""
-    cfg = train_cfg(tiny_cfg, epochs=1, groups_per_step=3, responses_per_group=3, max_seq_len=120, checkpoint_every=100)
+    takes 4 groups on 2 workers, the epoch's last step takes the 3 remaining groups (one worker
+    pads with a weight-0 group: the only padding the config allows), and the whole epoch equals
+    plain single-process training."""
+    cfg = train_cfg(tiny_cfg, epochs=1, groups_per_step=4, responses_per_group=3, max_seq_len=120, checkpoint_every=100)
     result = train(cfg, groups_with_cuts, tmp_path)
 
     import pyarrow.parquet as pq
@@ -158,16 +164,16 @@ def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster,
     tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
     tokenized = [tokenize_group(r, tokenizer, cfg) for r in rows]
     kept = [g for g in tokenized if g["keep"]]
-    assert all(r["keep"] for r in rows) and len(kept) == 20  # 4 groups dropped by the K' = 3 keep rule
+    assert all(r["keep"] for r in rows) and len(kept) == 19  # 4 groups dropped by the K' = 3 keep rule
     cut = sum(g["truncated_responses"] for g in kept)
     assert cut > 0
     assert {k: result[k] for k in ("train_groups", "val_groups", "val_fraction", "groups_per_step", "dropped_groups",
                                    "truncated_responses", "truncated_groups")} == {
-        "train_groups": 20, "val_groups": 0, "val_fraction": 0.0, "groups_per_step": 3, "dropped_groups": 4,
+        "train_groups": 19, "val_groups": 0, "val_fraction": 0.0, "groups_per_step": 4, "dropped_groups": 4,
         "truncated_responses": cut, "truncated_groups": sum(g["truncated_responses"] > 0 for g in kept)}
     history = read_metrics(tmp_path)
-    assert [m["groups"] for m in history] == [3] * 6 + [2]  # ceil(20 / 3) steps: no group skipped
-    assert sum(m["truncated_responses"] for m in history) == cut and result["step"] == 7
+    assert [m["groups"] for m in history] == [4] * 4 + [3]  # ceil(19 / 4) steps: no group skipped
+    assert sum(m["truncated_responses"] for m in history) == cut and result["step"] == 5
 
     # The same epoch in this process, without FSDP: each step's groups, averaged.
     from transformers import get_cosine_schedule_with_warmup
@@ -175,11 +181,11 @@ def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster,
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
                              chunk_size=cfg.train.loss.chunk_size,
                              packed_attention=packed_attention(cfg, "cpu"))  # the workers' backend
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 7)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 5)
     order = epoch_order(len(kept), 0, cfg.train.seed)
-    for step in range(7):
-        groups = order[3 * step : 3 * step + 3]
+    for step in range(5):
+        groups = order[4 * step : 4 * step + 4]
         total = 0.0
         for index in groups:
             loss = loss_terms(model, make_batch(kept[index], cfg, tokenizer.pad_token_id), cfg)["loss"]
@@ -192,6 +198,6 @@ def test_an_epoch_of_odd_steps_on_two_workers_equals_plain_training(ray_cluster,
         assert history[step]["loss"] == pytest.approx(total / len(groups), rel=1e-4), step
         assert history[step]["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-3), step
     stepped = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).state_dict()
-    # As in the one-step test: equal within 1% of one Adam step (measured: 0.3% after 7 steps).
+    # As in the one-step test: equal within 1% of one Adam step (measured: 0.3% after 7 steps of 3 groups).
     for name, value in model.lm.state_dict().items():
         torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.lr, msg=name)

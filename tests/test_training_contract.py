@@ -13,8 +13,9 @@ from transformers import AutoTokenizer, GenerationConfig
 from advdistill.config import ExperimentConfig, with_overrides
 from advdistill.report.tables import training_table
 from advdistill.scoring import group_advantages, score_group
+from advdistill.train.checkpointing import with_end_of_turn_stops
 from advdistill.train.collate import response_token_ids, select_responses, tokenize_group
-from advdistill.train.loop import epoch_order, step_groups, steps_per_epoch, with_end_of_turn_stops, worker_micro_batches
+from advdistill.train.loop import epoch_order, step_groups, steps_per_epoch, worker_micro_batches
 from advdistill.train.trainer import training_contract
 
 from conftest import TINY_STUDENT

@@ -33,7 +33,11 @@ import torch
 
 from advdistill.config import REPO, load_config
 from advdistill.data.synthetic import Difficulty, Style, arithmetic_drills, make_split
+from advdistill.evaluation.stats import wilson_interval
+from advdistill.generation.base import GenerationParams, vllm_available
+from advdistill.generation.factory import make_engine
 from advdistill.prompts import build_prompt
+from advdistill.scoring import format_reward, is_correct, judge
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{"]
@@ -149,8 +153,6 @@ def packed_batches(examples: list[tuple[list[int], int]], rows: int, pad_id: int
 def greedy_accuracy(model, tokenizer, prompts: list[str], references: list[str], max_tokens: int,
                     batch: int = 100) -> float:
     """Greedy accuracy (batched transformers `generate`): the early-stopping signal."""
-    from advdistill.scoring import is_correct
-
     model.eval()
     tokenizer.padding_side = "left"
     hits = []
@@ -231,11 +233,6 @@ def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
     """On `test` and `ood`: greedy accuracy (how the pipeline evaluates), and at temperature 0.9
     with `samples` samples per problem (how curation samples) the per-sample accuracy, the share
     of mixed groups (some samples right, some wrong) and the template rate."""
-    from advdistill.evaluation.stats import wilson_interval
-    from advdistill.scoring import format_reward, judge
-    from advdistill.generation.base import GenerationParams
-    from advdistill.generation.factory import make_engine
-
     engine = make_engine(str(model_dir), cfg.curate.engine)
     greedy = GenerationParams(n=1, temperature=0.0, max_tokens=cfg.curate.sampling.max_tokens)
     sampled = GenerationParams(n=samples, temperature=0.9, top_p=1.0, max_tokens=cfg.curate.sampling.max_tokens)
@@ -364,7 +361,6 @@ def main(argv: list[str] | None = None) -> None:
 
     specs = {"teacher": TEACHER, "student": STUDENT}
     specs["teacher"].steps, specs["student"].steps = args.teacher_steps, args.student_steps
-    from advdistill.generation.base import vllm_available
 
     for role, spec in specs.items():
         if args.only and role != args.only:

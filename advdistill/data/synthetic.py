@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from advdistill.prompts import template_response
+from advdistill.template import template_response
 
 SPLITS = ("train", "val", "test", "ood")
 PERTURBATIONS = (

@@ -18,8 +18,10 @@ from advdistill.config import DatasetConfig, ExperimentConfig
 from advdistill.data.loaders import load_records
 from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.generation.base import GenerationParams
+from advdistill.generation.ray_stage import generate_and_score
 from advdistill.schema import GeneratedGroup, Prediction, prediction_schema
 from advdistill.scoring import judge
+from advdistill.storage import location
 from advdistill.tasks import breakdown_fields, get_task
 
 
@@ -27,8 +29,6 @@ class EvalOutput:
     """One evaluation's folder."""
 
     def __init__(self, folder: str | Path):
-        from advdistill.storage import location
-
         self.folder = location(folder)  # a local folder or a URI (advdistill.storage)
         self.metrics = self.folder / "metrics.json"  # SPEC §7 metrics, overall and per breakdown value
         self.predictions = self.folder / "predictions.jsonl"  # one `schema.Prediction` per item
@@ -68,8 +68,6 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
                     few_shot: int = 0) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on several splits in one pass (one engine start): {label: (dataset,
     output)} → {label: metrics}; each output gets metrics.json and predictions.jsonl."""
-    from advdistill.generation.ray_stage import generate_and_score
-
     records, quarantined = [], {}
     for label, (dataset, _) in splits.items():
         loaded = load_records(dataset)

@@ -35,6 +35,7 @@ from advdistill.config import EndpointConfig, EngineConfig
 from advdistill.generation.base import Completion, Delta, GenerationParams
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.schema import ENDED, TRUNCATED
+from advdistill.storage import local_model
 
 if TYPE_CHECKING:
     from openai.types import CompletionChoice
@@ -64,10 +65,8 @@ class RateLimiter:
 
 class OpenAIEngine:
     def __init__(self, model: str, cfg: EngineConfig, seed: int = 0):
-        import openai
-        from transformers import AutoTokenizer
-
-        from advdistill.storage import local_model
+        import openai  # the openai client: loaded only when an endpoint teacher is used
+        from transformers import AutoTokenizer  # transformers: not needed to import the engines
 
         self.cfg: EndpointConfig = cfg.endpoint
         self.model = self.cfg.model or model
@@ -88,7 +87,7 @@ class OpenAIEngine:
     def _request(self, prompt: str, n: int, params: GenerationParams, seed: int | None) -> tuple[list[CompletionChoice], dict[str, int]]:
         """The choices of one completions request, in index order, and its `usage` (requests sent,
         the client's retries included; prompt and completion tokens as the server counted them)."""
-        import openai
+        import openai  # the openai client: loaded only when an endpoint teacher is used
 
         self.limiter.wait()
         stops = [] if params.ignore_eos else self.stop

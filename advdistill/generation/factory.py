@@ -8,6 +8,7 @@ import logging
 
 from advdistill.config import EngineConfig
 from advdistill.generation.base import Engine, vllm_available
+from advdistill.generation.endpoint import OpenAIEngine
 from advdistill.generation.engines import HFEngine, VLLMEngine
 from advdistill.storage import local_model
 
@@ -24,8 +25,6 @@ def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> E
     if kind == "auto":
         kind = "vllm" if vllm_available() else "transformers"
     if kind == "openai":
-        from advdistill.generation.endpoint import OpenAIEngine  # imports openai: only when asked for
-
         return OpenAIEngine(model, cfg, seed)
     if kind == "vllm":
         if not vllm_available():

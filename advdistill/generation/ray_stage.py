@@ -29,6 +29,8 @@ from advdistill.generation.base import GenerationParams, vllm_available
 from advdistill.generation.factory import make_engine
 from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows
 from advdistill.schema import GeneratedGroup, Record, arrow_schema, columns, from_arrow, to_arrow
+from advdistill.scoring.math_verify_pool import warm_up
+from advdistill.storage import local_model
 
 
 def use_assigned_cpus() -> int:
@@ -92,8 +94,6 @@ class ScoringActor:
 
     def __init__(self, score_row: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema,
                  extra: Sequence[str] = ()):
-        from advdistill.scoring.math_verify_pool import warm_up
-
         warm_up()
         self.score_row, self.schema, self.extra = score_row, schema, list(extra)
 
@@ -150,9 +150,7 @@ def engine_concurrency(engine: EngineConfig) -> dict[str, Any]:
 @lru_cache(maxsize=4)
 def model_tokenizer(model: str) -> Any:
     """The tokenizer an engine of `model` uses (vLLM and transformers both load the model's own)."""
-    from transformers import AutoTokenizer
-
-    from advdistill.storage import local_model
+    from transformers import AutoTokenizer  # transformers: loaded by the actors that tokenize, not on import
 
     return AutoTokenizer.from_pretrained(local_model(model, weights=False))
 

@@ -3,7 +3,6 @@
 from advdistill.scoring.extract import extract_answer, last_boxed, normalize_choice
 from advdistill.scoring.groups import (
     advantage_weights,
-    best_response,
     group_advantages,
     keep_group,
     score_group,
@@ -15,7 +14,6 @@ __all__ = [
     "Verdict",
     "advantage_weights",
     "answers_match",
-    "best_response",
     "composite_reward",
     "cosine_reward",
     "extract_answer",

@@ -41,15 +41,6 @@ def advantage_weights(advantages: Sequence[float], tau: float) -> np.ndarray:
     return e / e.sum()
 
 
-def best_response(advantages: Sequence[float], token_lengths: Sequence[int]) -> int:
-    """The SFT target: highest advantage; ties go to the shorter response, then the lower index."""
-    adv = np.asarray(advantages, dtype=np.float64)
-    lengths = np.asarray(token_lengths)
-    # lexsort sorts by the last key first: -advantage, then length, then index.
-    order = np.lexsort((np.arange(adv.size), lengths, -adv))
-    return int(order[0])
-
-
 def score_group(
     responses: Sequence[str],
     token_lengths: Sequence[int],

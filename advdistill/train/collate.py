@@ -11,7 +11,7 @@ is skipped — `keep` False, `skipped` its reason, counted in the training resul
 stopping the run. `responses_per_group` K' < K keeps the first K'
 responses, recomputes their advantages and applies the keep rule again (SPEC §5: a group whose
 first K' responses are all incorrect is dropped); then the training method (`train.mode`,
-`advdistill.train.methods`) picks the responses it trains on. A fixed share of the groups, by a
+`advdistill.methods`) picks the responses it trains on. A fixed share of the groups, by a
 hash of their id, is held out for validation (`val`).
 """
 
@@ -24,7 +24,7 @@ from advdistill.config import ExperimentConfig
 from advdistill.prompts import build_prompt, end_of_turn_token_ids
 from advdistill.schema import ENDED, CuratedGroup, TokenisedGroup
 from advdistill.scoring import group_advantages, keep_group
-from advdistill.train.methods import get_method
+from advdistill.methods import get_method
 # The tensor layouts live in a pure-torch module (bench/gpu_train.py imports it without the config
 # stack); re-exported here, where the rest of collation is.
 from advdistill.train.layout import group_batch, group_tokens, packed_group_batch  # noqa: F401

@@ -3,10 +3,11 @@
 Data order is deterministic: each epoch is a seeded permutation of the id-sorted training groups
 (`epoch_order`), cut into optimizer steps of `groups_per_step` groups whatever the number of
 workers W; worker r takes every W-th group of a step, one group per micro-batch. The last step of
-an epoch takes the remainder (no group is skipped), and a step whose groups do not divide by W
-gives the workers short of groups a padding micro-batch of weight 0: with FSDP every worker must
-run the same number of forward/backward passes (they are collectives). The gradient of a step is
-the mean over its groups. A resumed run — from a checkpoint's global step — replays exactly the
+an epoch takes the remainder (no group is skipped); where the remainder does not divide by W, the
+workers short of a group run one padding micro-batch of weight 0 — with FSDP every worker must
+run the same number of forward/backward passes (they are collectives). A full step never pads:
+the config refuses a `groups_per_step` that is not a multiple of W (`TrainConfig`). The gradient
+of a step is the mean over its groups. A resumed run — from a checkpoint's global step — replays exactly the
 same micro-batches as an uninterrupted one.
 
 No worker holds the table: each reads its streaming-split shard of the epoch's dataset (rows in
@@ -16,8 +17,6 @@ groups from all the shards with one all-reduce and one all-gather of that step's
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import random
 import tempfile
@@ -28,16 +27,16 @@ from typing import Any
 import torch
 
 from advdistill.config import ExperimentConfig
-from advdistill.prompts import end_of_turn_token_ids
+from advdistill.methods import get_method
 from advdistill.storage import local_model
+from advdistill.tracking import StepLogger
 from advdistill.train.attention import resolve_packed_attention
 from advdistill.train.layout import group_batch, group_tokens, model_inputs, packed_group_batch
-from advdistill.train.methods import get_method
-from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing, shard_fsdp2
+from advdistill.train.checkpointing import (HF_EXPORT, METRICS_FILE, TRAINER_STATE, dtype_name, export_dtype,  # noqa: F401
+                                            export_hf, restore_checkpoint, save_checkpoint)
+from advdistill.train.lora import apply_lora
+from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing, param_groups, shard_fsdp2
 
-TRAINER_STATE = "trainer_state.json"
-HF_EXPORT = "hf"
-METRICS_FILE = "metrics.jsonl"
 POSITION = "pos"  # a group's position in its epoch's order (the per-epoch datasets' sort key)
 VAL_DATASET = "val"
 
@@ -89,7 +88,7 @@ def packed_attention(cfg: ExperimentConfig, device_type: str) -> str:
 
 
 def loss_terms(model: ResponseLogProbs, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """The training method's terms on one group (`advdistill.train.methods`); "loss" is minimised."""
+    """The training method's terms on one group (`advdistill.methods`); "loss" is minimised."""
     logprobs, mask = model(**model_inputs(batch))
     return get_method(cfg.train.mode).loss(logprobs, mask, batch, cfg.train.loss)
 
@@ -152,16 +151,6 @@ class StepReader:
         return sorted((row for rows in gathered for row in rows), key=lambda row: row[POSITION])
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only, not on biases and norm weights (as transformers' Trainer)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker."""
     import ray.train
@@ -177,6 +166,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
+    final_dtype = export_dtype(tc.export_dtype, tc.bf16, on_gpu)  # final/'s weights (train.export_dtype)
     torch.manual_seed(tc.seed)
 
     student = local_model(student)  # a folder on a URI (an earlier run's final/) is fetched to this node
@@ -191,15 +181,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     lm.config.use_cache = False
     if tc.lora.r:  # before sharding: FSDP2 shards the adapters with their layers
-        from advdistill.train.lora import apply_lora
-
         apply_lora(lm, tc.lora)
     if tc.activation_checkpointing:
         enable_activation_checkpointing(lm)  # before sharding: FSDP2's hooks then run inside each checkpoint
     model = ResponseLogProbs(lm, chunk_size=tc.loss.chunk_size, packed_attention=packed_attention(cfg, device.type))
     model = shard_fsdp2(model.to(device), device.type, world, bf16=tc.bf16 and on_gpu)
     model.train()  # from_pretrained returns eval mode, where transformers skips activation checkpointing
-    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total_steps), total_steps)
     pad_id = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
 
@@ -207,7 +195,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            global_step, history = _restore(Path(folder), model, optimizer, scheduler)
+            global_step, history = restore_checkpoint(Path(folder), model, optimizer, scheduler)
         resumed = True
         if rank == 0:
             print(f"[train] resumed from step {global_step}", flush=True)
@@ -215,8 +203,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     tracked = None
     if rank == 0 and loop_config.get("step_logger"):
-        from advdistill.tracking import StepLogger
-
         tracked = StepLogger(**loop_config["step_logger"])
 
     def report(metrics: dict[str, Any], *, save: bool, export: bool) -> None:
@@ -228,9 +214,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            _save(Path(tmp), model, optimizer, scheduler, global_step, history, rank)
+            save_checkpoint(Path(tmp), model, optimizer, scheduler, global_step, history, rank)
             if export:
-                _export_hf(Path(tmp) / HF_EXPORT, model, lm, student, rank, tc.lora)
+                export_hf(Path(tmp) / HF_EXPORT, model, lm, student, rank, final_dtype, tc.lora)
+                metrics = {**metrics, "export_dtype": dtype_name(final_dtype)}  # reaches result.json
             dist.barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -333,69 +320,3 @@ def _validate(model, shard, fallback: dict[str, Any], cfg, device, pad_id) -> fl
         total += torch.tensor([weight * loss.item(), weight], dtype=torch.float64)
     loss_sum, count = _all_reduce_sum(total, device)
     return loss_sum / max(count, 1.0)
-
-
-def _save(folder: Path, model, optimizer, scheduler, global_step: int, history: list[dict], rank: int) -> None:
-    """Sharded model + optimizer (torch.distributed.checkpoint: each rank writes its own shard),
-    plus the scheduler, the step and the metrics so far (rank 0)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / "dcp"))
-    if rank == 0:
-        state = {"global_step": global_step, "scheduler": scheduler.state_dict()}
-        (folder / TRAINER_STATE).write_text(json.dumps(state))
-        (folder / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
-
-
-def _restore(folder: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(folder / "dcp"))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer_state = json.loads((folder / TRAINER_STATE).read_text())
-    scheduler.load_state_dict(trainer_state["scheduler"])
-    history = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
-    return trainer_state["global_step"], history
-
-
-def _export_hf(folder: Path, model, lm, student: str, rank: int, lora=None) -> None:
-    """A plain transformers folder (weights + tokenizer), loadable by transformers and vLLM; a
-    LoRA student's adapters merged into it (`train.lora`)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank != 0:
-        return
-    state = {k.removeprefix("lm."): v for k, v in full.items()}
-    if lora is not None and lora.r:
-        from advdistill.train.lora import merged_export
-
-        export = merged_export(state, lm.config, lora, folder, student)
-    else:
-        export = AutoModelForCausalLM.from_config(lm.config, dtype=torch.float32)
-        missing, unexpected = export.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
-    tokenizer = AutoTokenizer.from_pretrained(student)
-    export.generation_config = with_end_of_turn_stops(lm.generation_config, tokenizer)
-    export.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-
-
-def with_end_of_turn_stops(generation_config, tokenizer):
-    """A copy of `generation_config` whose eos_token_id also lists the chat template's
-    end-of-turn token, which the student was trained to end its turns with: plain transformers
-    `generate` and vLLM then stop there too, not only the project's engines."""
-    config = copy.deepcopy(generation_config)
-    eos = config.eos_token_id
-    eos = list(eos) if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
-    config.eos_token_id = list(dict.fromkeys(eos + list(end_of_turn_token_ids(tokenizer))))
-    return config
-

@@ -16,7 +16,7 @@ ADAPTER = "adapter"
 
 def peft_config(lora: Any) -> Any:
     try:
-        from peft import LoraConfig as PeftLoraConfig
+        from peft import LoraConfig as PeftLoraConfig  # peft: the optional `lora` extra, needed only with train.lora.r
     except ImportError as err:
         raise ImportError("train.lora.r > 0 needs peft: pip install 'advdistill[lora]'") from err
     return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -27,7 +27,7 @@ def apply_lora(causal_lm: nn.Module, lora: Any) -> Any:
     """Inject adapters into `causal_lm` in place (its modules become peft's LoRA layers, their
     base weights frozen) and return the `PeftModel` around it; `causal_lm` itself stays the
     module the loop trains."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # peft: the optional `lora` extra, needed only with train.lora.r
 
     return get_peft_model(causal_lm, peft_config(lora))
 
@@ -35,7 +35,7 @@ def apply_lora(causal_lm: nn.Module, lora: Any) -> Any:
 def merged_export(state: dict[str, Any], config: Any, lora: Any, folder: Path, student: str) -> nn.Module:
     """From a full state dict of the LoRA-injected model (names as in `causal_lm`): the merged
     plain model (returned, for `save_pretrained`), with the adapter saved under `folder/adapter`."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # peft: the optional `lora` extra, needed only with train.lora.r
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_config(config)

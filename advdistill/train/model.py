@@ -109,3 +109,14 @@ def shard_fsdp2(module: ResponseLogProbs, device_type: str, world_size: int, bf1
         fully_shard(layer, **kwargs)
     fully_shard(module, **kwargs)
     return module
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: weight decay on matrices only, not on biases and norm weights
+    (as transformers' Trainer); frozen parameters (a LoRA student's base) left out."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
