@@ -20,7 +20,19 @@ per worker (W workers under FSDP2, bf16 compute, fp32 master weights and gradien
                                                    backward (none without it)
     head chunk   = 12 c V                          one chunk of c tokens' logits (bf16 product, fp32
                                                    copy, exp and gradient), `train.loss.chunk_size`
-    peak         = states + root + layers + activations + recompute + head chunk  (+ overhead)
+    accumulation = 4 N   if M > 1, else 0          FSDP2's unsharded fp32 gradients of every
+                                                   parameter, kept from one micro-batch to the next
+    peak         = states + root + layers + activations + recompute + head chunk + accumulation
+                   (+ overhead)
+
+M = groups_per_step / W micro-batches per worker and step (paper: 16 / 8 = 2). With gradient sync
+off (every micro-batch but a step's last), FSDP2 does not reduce-scatter: after each layer's
+backward it casts the layer's unsharded bf16 gradient to the reduce dtype (fp32) and keeps it
+(`FSDPParam.to_accumulated_grad_if_needed`), so from the end of the first micro-batch's backward
+to the last one's reduce-scatter each worker holds the whole model's gradients in fp32, 4 N bytes,
+not 4 N / W (on CPU, fp32 throughout, the same 4 N stay on the unsharded parameters). The peak
+(the end of the last micro-batch's forward) sees all of them. `states` still counts the sharded
+fp32 gradients, which do not exist then: conservative by 4 N / W.
 
 with N parameters, V vocabulary, H hidden, P_l parameters of one decoder layer, n_l layers, T
 tokens of one micro-batch (one group: K sequences `prompt + response` separately, or prompt +
@@ -98,8 +110,9 @@ def group_tokens(k: int, seq_len: int, prompt: int, packed: bool) -> int:
 
 
 def estimate(arch: Arch, tokens: int, checkpointing: bool, workers: int = 8, chunk: int = 1024,
-             kv_repeated: bool = True) -> dict[str, float]:
-    """Bytes per worker, term by term (module docstring)."""
+             kv_repeated: bool = True, micro_batches: int = 2) -> dict[str, float]:
+    """Bytes per worker, term by term (module docstring); `micro_batches` = M, the passes each
+    worker runs per optimizer step (groups_per_step / workers)."""
     h, v = arch.hidden, arch.vocab
     a = arch.activation_bytes_per_token_layer(kv_repeated)
     held_per_layer = 2 * h if checkpointing else a
@@ -110,33 +123,34 @@ def estimate(arch: Arch, tokens: int, checkpointing: bool, workers: int = 8, chu
         "activations": tokens * (arch.layers * held_per_layer + 12 * h),
         "recompute": tokens * a if checkpointing else 0,
         "head_chunk": 12 * chunk * v,
+        "accumulation": 4 * arch.params if micro_batches > 1 else 0,
     }
     terms["peak"] = sum(terms.values())
     terms["with_overhead"] = terms["peak"] * 1.1 + 2 * GIB
     return terms
 
 
-def table(k: int = 8, seq_len: int = 2048, prompt: int = 256, workers: int = 8) -> list[dict]:
+def table(k: int = 8, seq_len: int = 2048, prompt: int = 256, workers: int = 8, groups_per_step: int = 16) -> list[dict]:
     rows = []
     for arch in (QWEN25_15B, QWEN25_3B):
         for packed in (False, True):
             for checkpointing in (False, True):
                 tokens = group_tokens(k, seq_len, prompt, packed)
-                e = estimate(arch, tokens, checkpointing, workers)
+                e = estimate(arch, tokens, checkpointing, workers, micro_batches=groups_per_step // workers)
                 rows.append({"model": arch.name, "params": arch.params, "packed": packed, "checkpointing": checkpointing,
                              "tokens": tokens, **e})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| student | layout (tokens per group) | activation checkpointing | states | activations | peak (estimate) "
-          "| with overhead | fits 40 GB | fits 80 GB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| student | layout (tokens per group) | activation checkpointing | states | accumulated gradients "
+          "| activations | peak (estimate) | with overhead | fits 40 GB | fits 80 GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         layout = f"{'packed' if r['packed'] else 'separate'} ({r['tokens']:,})"
         fits = lambda usable: "yes" if r["with_overhead"] <= usable * GIB else "no"  # noqa: E731
         print(f"| {r['model']} | {layout} | {'on' if r['checkpointing'] else 'off'} | {r['states'] / GIB:.1f} GiB | "
-              f"{r['activations'] / GIB:.1f} GiB | **{r['peak'] / GIB:.1f} GiB** | {r['with_overhead'] / GIB:.1f} GiB | "
+              f"{r['accumulation'] / GIB:.1f} GiB | {r['activations'] / GIB:.1f} GiB | **{r['peak'] / GIB:.1f} GiB** | {r['with_overhead'] / GIB:.1f} GiB | "
               f"{fits(USABLE_GIB[40])} | {fits(USABLE_GIB[80])} |")
 
 
@@ -220,7 +234,8 @@ def main() -> None:
     args = parser.parse_args()
     print("ESTIMATES (not measured on a GPU): peak memory per worker, FSDP2 over 8 workers, bf16 compute, fp32 "
           "master weights, AdamW; one group of K = 8 sequences of 2,048 tokens (a 256-token prompt + a 1,792-token "
-          "response each; packed: the prompt once); train.loss.chunk_size 1024.\n")
+          "response each; packed: the prompt once); train.loss.chunk_size 1024; 16 groups per step, i.e. 2 "
+          "micro-batches per worker (gradients accumulated unsharded in fp32).\n")
     rows = table()
     print_table(rows)
     result = {"table": rows}
