@@ -111,6 +111,7 @@ class Prediction(TypedDict):
     correct: bool
     tokens: int
     finish_reason: str  # FinishReason
+    cluster: str  # the related items it was drawn with (tasks.record_cluster); its own id if none
 
 
 def columns(row_type: type) -> tuple[str, ...]:

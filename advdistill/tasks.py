@@ -3,9 +3,10 @@
 A task says how its answers are judged (`answer`: a plain number, a math expression, or an
 option letter), where its rows come from (a hub id, a built-in generator, or only a local file)
 and how a row becomes a record (`to_record`), which splits it has, which `meta` field evaluation
-results are broken down by (`group_by`), and whether a record may have no reference
-(`reference_optional`: GSM-PLUS "critical thinking" items, whose right answer is that the
-question cannot be answered).
+results are broken down by (`group_by`), which records were drawn together and must be resampled
+together by an interval (`cluster`: a synthetic skeleton, a GSM-PLUS seed question), and whether a
+record may have no reference (`reference_optional`: GSM-PLUS "critical thinking" items, whose
+right answer is that the question cannot be answered).
 
 The loaders, prompts, scoring, the config's and the API's task names all read it from here, so
 adding a task is one `register_task(TaskSpec(...))` plus its tests, as verl's
@@ -16,6 +17,7 @@ template text), so any of them can import it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Mapping
 
@@ -61,6 +63,9 @@ class TaskSpec:
     # The `meta` field evaluation results are broken down by (perturbation type, category).
     group_by: str | None = None
     reference_optional: bool = False
+    # A record -> the cluster of related items it was drawn in (a synthetic skeleton, a GSM-PLUS
+    # seed question), resampled together by the intervals; None (or a None answer): its own.
+    cluster: Callable[[dict[str, Any]], str | None] | None = None
 
     @property
     def multiple_choice(self) -> bool:
@@ -80,6 +85,14 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 def breakdown_fields() -> tuple[str, ...]:
     """The `meta` fields any registered task breaks evaluation results down by, in order."""
     return tuple(dict.fromkeys(spec.group_by for spec in TASKS.entries() if spec.group_by))
+
+
+def record_cluster(record: dict[str, Any]) -> str:
+    """The cluster a record was drawn in (`TaskSpec.cluster`), or the record's own id where its
+    task names none: every evaluated item carries it (`Prediction.cluster`), so the intervals of
+    `advdistill.evaluation.stats` can be recomputed from saved predictions."""
+    spec = get_task(record["task"])
+    return (spec.cluster(record) if spec.cluster else None) or record["id"]
 
 
 def _known_task(name: str) -> str:
@@ -122,6 +135,14 @@ def _gsm_plus(row: dict[str, Any], split: str, index: int) -> dict[str, Any]:
             "meta": {"perturbation_type": kind, "seed_question": row.get("seed_question")}}
 
 
+def _seed_question_cluster(record: dict[str, Any]) -> str | None:
+    """GSM-PLUS perturbs each GSM8K question eight ways: the items of one seed question are related."""
+    seed = record["meta"].get("seed_question")
+    if not isinstance(seed, str) or not seed.strip():
+        return None
+    return f"seed-question:{hashlib.sha1(seed.strip().encode()).hexdigest()[:16]}"
+
+
 def _open_math(task: str) -> RowConverter:
     def convert(row: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         level = row.get("level")
@@ -146,6 +167,12 @@ def _synthetic_record(row: dict[str, Any], split: str, index: int) -> dict[str, 
             "reference": text_field(row, "reference"), "choices": None, "meta": dict(row.get("meta") or {})}
 
 
+def _skeleton_cluster(record: dict[str, Any]) -> str | None:
+    """Synthetic items of one arithmetic skeleton (start and operations) are the same computation."""
+    skeleton = record["meta"].get("skeleton")
+    return f"skeleton:{skeleton}" if skeleton else None
+
+
 SYNTHETIC_SIZES = {"train": 5000, "val": 500, "test": 1000, "ood": 1000}
 
 
@@ -165,7 +192,8 @@ register_task(TaskSpec("gsm8k", "number", _gsm8k, {"train": "train", "test": "te
                        hub_id="openai/gsm8k", hub_config="main"))
 # OOD for gsm8k; its "critical thinking" items have no reference.
 register_task(TaskSpec("gsm_plus", "number", _gsm_plus, {"testmini": "testmini", "test": "test"},
-                       hub_id="qintongli/GSM-Plus", group_by="perturbation_type", reference_optional=True))
+                       hub_id="qintongli/GSM-Plus", group_by="perturbation_type", reference_optional=True,
+                       cluster=_seed_question_cluster))
 register_task(TaskSpec("open_s1", "math", _open_math("open_s1"), {"train": "train", "test": "train"},
                        hub_id="knoveleng/open-s1", seeded_test_size=553))
 # OOD set: the hard problems of open-rs' only split (one level, so no breakdown by it).
@@ -175,4 +203,4 @@ register_task(TaskSpec("mmlu_pro", "multiple_choice", _mmlu_pro,
                        {"train": "test", "test": "test", "validation": "validation"}, hub_id="TIGER-Lab/MMLU-Pro",
                        seeded_test_size=2284, group_by="category"))
 register_task(TaskSpec("synthetic", "number", _synthetic_record, {s: s for s in SYNTHETIC_SIZES},
-                       generate=_synthetic_split, group_by="perturbation_type"))
+                       generate=_synthetic_split, group_by="perturbation_type", cluster=_skeleton_cluster))

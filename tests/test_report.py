@@ -9,25 +9,38 @@ from advdistill.report.build import paired_comparisons, write_report
 from advdistill.report.tables import cost_table
 
 
-def _write_eval(run, model, split, verdicts):
+def _write_eval(run, model, split, verdicts, clusters=None):
     folder = run / "eval" / f"{model}-{split}"
     folder.mkdir(parents=True)
-    rows = [{"id": f"q{i}", "response": "r", "tokens": 3, "correct": c} for i, c in enumerate(verdicts)]
+    # Without clusters: predictions saved before they named them (each item then stands alone).
+    rows = [{"id": f"q{i}", "response": "r", "tokens": 3, "correct": c, **({} if clusters is None else {"cluster": clusters[i]})}
+            for i, c in enumerate(verdicts)]
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "metrics.json").write_text(json.dumps(summarize_predictions(rows)))
 
 
-@pytest.fixture()
-def run(tmp_path):
+def _make_run(folder, clusters=None):
     # 40 items: base right on 10; SFT on those 10 and 10 more; AdvDistill on SFT's 20 and 4 more.
     verdicts = {"base": [i < 10 for i in range(40)], "sft": [i < 20 for i in range(40)],
                 "advdistill": [i < 24 for i in range(40)], "teacher": [True] * 40}
     for model, v in verdicts.items():
-        _write_eval(tmp_path, model, "toy-test", v)
-    (tmp_path / "run.json").write_text(json.dumps({
+        _write_eval(folder, model, "toy-test", v, clusters)
+    (folder / "run.json").write_text(json.dumps({
         "name": "toy", "train_dataset": "toy-train", "splits": ["toy-test"], "ood": [],
         "models": {m: {"path": m, "few_shot": 0} for m in verdicts}, "stages": {}}))
-    return tmp_path
+    return folder
+
+
+@pytest.fixture()
+def run(tmp_path):
+    return _make_run(tmp_path / "items")
+
+
+@pytest.fixture()
+def clustered_run(tmp_path):
+    # The same verdicts, items in 10 clusters of 4 (q0–q3, q4–q7, …): AdvDistill's 4 extra items
+    # (q20–q23) are one cluster.
+    return _make_run(tmp_path / "clustered", clusters=[f"c{i // 4}" for i in range(40)])
 
 
 def test_paired_comparisons_count_the_items_each_side_wins(run):
@@ -43,9 +56,27 @@ def test_paired_comparisons_count_the_items_each_side_wins(run):
 
 def test_report_shows_intervals_and_differences(run):
     report = write_report(run).read_text()
-    assert "toy-test (n = 40)" in report
+    assert "toy-test (n = 40 items, 40 clusters)" in report and "cluster-bootstrap" in report
     assert "| Student AdvDistill | 60.00% [" in report
     assert "| Student AdvDistill − Student SFT | +10.0 [" in report and "(4 / 0)" in report
+
+
+def test_related_items_are_resampled_together(run, clustered_run):
+    pairs = ["teacher", "base", "sft", "advdistill"]
+    alone = paired_comparisons(run, pairs, ["toy-test"])[("advdistill", "sft")]["toy-test"]
+    together = paired_comparisons(clustered_run, pairs, ["toy-test"])[("advdistill", "sft")]["toy-test"]
+    assert together["value"] == alone["value"] == pytest.approx(0.1) and together["clusters"] == 10
+    # The whole difference is one cluster of 10, drawn K ~ Binomial(10, 1/10) times per resample:
+    # K = 0 has probability 0.9^10 = 35%, P(K ≤ 2) = 93.0%, P(K ≤ 3) = 98.7%, so the 95% interval
+    # is exactly [0, 3 × 4/40]; item by item, 4 separate items are rarely all missed.
+    assert (together["low"], together["high"]) == (0.0, pytest.approx(0.3))
+    assert alone["low"] > 0.0 and alone["high"] < 0.3
+    report = write_report(clustered_run).read_text()
+    assert "toy-test (n = 40 items, 10 clusters)" in report
+    # SFT is right on clusters c0–c4 and wrong on c5–c9: its accuracy interval is five of ten clusters
+    sft = next(line for line in report.splitlines() if line.startswith("| Student SFT | 50.00% ["))
+    low = float(sft.split("[")[1].split(",")[0])
+    assert low < 25.0  # item by item it would be about 35
 
 
 def test_cost_table_prices_each_stage_and_totals_them():

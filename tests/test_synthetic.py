@@ -1,8 +1,12 @@
-"""The synthetic task: determinism, disjoint splits, references the verifier accepts."""
+"""The synthetic task: determinism, disjoint splits, references the verifier accepts, skeletons."""
+
+import hashlib
+import json
+import re
 
 import pytest
 
-from advdistill.data.synthetic import PERTURBATIONS, make_split
+from advdistill.data.synthetic import _BUCKETS, PERTURBATIONS, _bucket, arithmetic_drills, make_split
 from advdistill.scoring import format_reward, is_correct
 
 
@@ -64,3 +68,41 @@ def test_unknown_split_is_rejected():
     with pytest.raises(ValueError, match="unknown synthetic split"):
         make_split("validation", 3)
 
+
+
+def _fingerprint(records) -> str:
+    rows = [(r["id"], r["question"], r["reference"], r["meta"]["solution"], r["meta"]["perturbation_type"],
+             r["meta"]["num_ops"]) for r in records]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def test_the_generated_problems_are_those_the_tiny_models_and_results_were_built_on():
+    # Fingerprints taken before records named their skeleton: naming it drew nothing and changed
+    # no question, reference or solution (the tiny models and every saved result rest on them).
+    assert {split: _fingerprint(make_split(split, n)) for split, n in
+            (("train", 2000), ("val", 500), ("test", 1000), ("ood", 1000))} == {
+        "train": "78fd00336a8b8df6", "val": "7dd0665433f547aa", "test": "5af8a292ff03ee46", "ood": "f6f93cc394bab9b3"}
+    assert _fingerprint(make_split("test", 300, seed=1, style="terse")) == "b320d528515a10b3"
+    assert hashlib.sha256(json.dumps(arithmetic_drills(500)).encode()).hexdigest()[:16] == "67876c646703aa99"
+
+
+SKELETON = re.compile(r"(?:(?P<tag>[a-z0-9]+):)?(?P<start>\d+)(?P<ops>(?:[-+*/]\d+)*)")
+KINDS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+
+def test_each_record_names_the_skeleton_its_split_was_drawn_by():
+    for split in ("train", "val", "test", "ood"):
+        for r in make_split(split, 400):
+            m = SKELETON.fullmatch(r["meta"]["skeleton"])
+            ops = [(KINDS[sym], int(b)) for sym, b in re.findall(r"([-+*/])(\d+)", m["ops"])]
+            # the skeleton is the one whose hash put the problem in its split ...
+            assert _bucket((m["tag"] or "", int(m["start"]), tuple(ops))) in _BUCKETS[split]
+            assert len(ops) == r["meta"]["num_ops"]
+            # ... and it is the problem's computation
+            value = int(m["start"])
+            for kind, b in ops:
+                value = {"add": value + b, "sub": value - b, "mul": value * b, "div": value // b}[kind]
+            assert r["reference"] == str(int(m["start"]) if m["tag"] == "reversed" else value)
+    tags = {r["meta"]["perturbation_type"]: SKELETON.fullmatch(r["meta"]["skeleton"])["tag"] for r in make_split("ood", 10)}
+    assert tags["digit expansion"] == "x10" and tags["reversing operation"] == "reversed"
+    assert tags["numerical substitution"] is None

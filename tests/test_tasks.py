@@ -78,6 +78,8 @@ def test_curation_and_evaluation_score_it_as_multiple_choice(parity, parity_file
                                      "token_lengths": [9], "finish_reasons": ["stop"]}) for r in records]
     assert [p["extracted"] for p in predictions] == ["B"] * 4 and [p["correct"] for p in predictions] == odd
     assert [p["magnitude"] for p in predictions] == ["small", "small", "large", "large"]
+    # a task that names no clusters: every item is its own
+    assert [p["cluster"] for p in predictions] == [r["id"] for r in records]
     metrics = summarize_predictions(predictions, group_by=get_task("parity").group_by)
     assert {k: m["n"] for k, m in metrics["by_magnitude"].items()} == {"small": 2, "large": 2}
     # its breakdown field is a column of the predictions table
@@ -125,3 +127,30 @@ def test_built_in_tasks_and_unknown_names():
         load_config(None, ["curate.dataset.name=parity"])
     with pytest.raises(ValueError, match="already registered"):
         register_task(get_task("gsm8k"))
+
+
+def test_each_record_names_the_cluster_it_was_drawn_in(shared_data):
+    """Intervals resample related items together (evaluation/stats.py): a synthetic split's items
+    of one arithmetic skeleton, GSM-PLUS's eight perturbations of one GSM8K question; other tasks'
+    items stand alone. The cluster reaches every prediction row."""
+    synthetic = load_records(DatasetConfig(name="synthetic", split="test", limit=1000)).records
+    clusters = [tasks.record_cluster(r) for r in synthetic]
+    assert clusters[0] == f"skeleton:{synthetic[0]['meta']['skeleton']}"
+    # 1,000 test items from 753 skeletons; the 321 one-step items from 95
+    assert len(set(clusters)) == 753
+    assert len({c for c, r in zip(clusters, synthetic) if r["meta"]["num_ops"] == 1}) == 95
+    path = str(shared_data / "samples" / "gsm_plus_testmini.sample.jsonl")
+    plus = load_records(DatasetConfig(name="gsm_plus", split="testmini", path=path)).records
+    by_cluster: dict[str, set] = {}
+    for r in plus:
+        by_cluster.setdefault(tasks.record_cluster(r), set()).add(r["meta"]["seed_question"])
+    assert len(by_cluster) == 5 and all(len(seeds) == 1 for seeds in by_cluster.values())
+    assert sorted(sum(tasks.record_cluster(r) == c for r in plus) for c in by_cluster) == [8] * 5
+    gsm8k = load_records(DatasetConfig(name="gsm8k", split="test", path=str(shared_data / "gsm8k" / "test.jsonl"),
+                                       limit=3)).records
+    assert [tasks.record_cluster(r) for r in gsm8k] == [r["id"] for r in gsm8k]
+    # a record whose skeleton is unknown (a local file of older records) stands alone
+    assert tasks.record_cluster({**synthetic[0], "meta": {}}) == synthetic[0]["id"]
+    prediction = score_prediction({**synthetic[0], "prompt": "", "responses": [synthetic[0]["meta"]["solution"]],
+                                   "token_lengths": [9], "finish_reasons": ["stop"]})
+    assert prediction["correct"] and prediction["cluster"] == clusters[0]

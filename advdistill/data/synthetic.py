@@ -145,6 +145,14 @@ def _skeleton(start: int, ops: list[Op], tag: str = "") -> tuple:
     return (tag, start, tuple((op.kind, op.operand) for op in ops))
 
 
+def skeleton_id(skeleton: tuple) -> str:
+    """A skeleton as text, one to one: `12+5-3`, `x10:120*2`, `reversed:14/2` (the start, then each
+    operation; the tag of an OOD variant drawn from its own skeleton space before a colon)."""
+    tag, start, ops = skeleton
+    symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+    return f"{tag + ':' if tag else ''}{start}" + "".join(f"{symbols[kind]}{operand}" for kind, operand in ops)
+
+
 def _sample(rng: random.Random, d: Difficulty, split: str, n_ops: int, scale: int = 1, tag: str = "") -> tuple[int, list[Op]]:
     """Draw (start, ops) until the skeleton hashes into the split's buckets."""
     while True:
@@ -170,10 +178,11 @@ class Problem:
     phrases: tuple[str, ...]  # one verb phrase per op
     reversed: bool = False  # "had some …, now has N; how many at first?"
     distraction: tuple[int, str] | None = None  # (sentence index, sentence) about someone else
+    tag: str = ""  # the skeleton space it was drawn from (`_sample`'s tag); wording never reads it
 
     @classmethod
     def draw(cls, rng: random.Random, start: int, ops: list[Op], *, reversed: bool = False,
-             distraction: bool = False) -> "Problem":
+             distraction: bool = False, tag: str = "") -> "Problem":
         name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
         phrases = tuple(_phrase(op, rng) for op in ops)
         extra = None
@@ -181,7 +190,12 @@ class Problem:
             other = rng.choice([n for n in NAMES if n != name])
             other_obj = rng.choice([o for o in OBJECTS if o != obj])
             extra = (rng.randint(1, len(ops) + 1), f"{other} has {rng.randint(2, 60)} {other_obj}.")
-        return cls(name, obj, start, tuple(ops), phrases, reversed, extra)
+        return cls(name, obj, start, tuple(ops), phrases, reversed, extra, tag)
+
+    @property
+    def skeleton(self) -> tuple:
+        """The arithmetic skeleton (tag, start, operations) whose hash put it in its split."""
+        return _skeleton(self.start, list(self.ops), self.tag)
 
     @property
     def pronoun(self) -> str:
@@ -252,8 +266,10 @@ def _record(split: str, seed: int, index: int, problem: Problem, style: Style, *
         "question": problem.question(),
         "reference": str(problem.answer),
         "choices": None,
+        # `skeleton`: items sharing one are related (the same computation), a cluster for intervals
+        # (advdistill.tasks.record_cluster).
         "meta": {"solution": problem.solution(style), "perturbation_type": meta.get("perturbation_type"),
-                 "num_ops": len(problem.ops)},
+                 "num_ops": len(problem.ops), "skeleton": skeleton_id(problem.skeleton)},
     }
 
 
@@ -263,7 +279,7 @@ def _ood_problem(rng: random.Random, d: Difficulty, kind: str) -> Problem:
         return Problem.draw(rng, start, ops)
     if kind == "digit expansion":
         start, ops = _sample(rng, d, "ood", rng.randint(1, d.max_ops), scale=10, tag="x10")
-        return Problem.draw(rng, start, ops)
+        return Problem.draw(rng, start, ops, tag="x10")
     if kind == "distraction insertion":
         start, ops = _sample(rng, d, "ood", rng.randint(1, d.max_ops))
         return Problem.draw(rng, start, ops, distraction=True)
@@ -271,7 +287,7 @@ def _ood_problem(rng: random.Random, d: Difficulty, kind: str) -> Problem:
         start, ops = _sample(rng, d, "ood", d.max_ops + 1)
         return Problem.draw(rng, start, ops)
     start, ops = _sample(rng, d, "ood", rng.randint(1, 2), tag="reversed")
-    return Problem.draw(rng, start, ops, reversed=True)
+    return Problem.draw(rng, start, ops, reversed=True, tag="reversed")
 
 
 def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None = None,

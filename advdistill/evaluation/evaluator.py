@@ -22,7 +22,7 @@ from advdistill.generation.ray_stage import generate_and_score
 from advdistill.schema import GeneratedGroup, Prediction, prediction_schema
 from advdistill.scoring import judge
 from advdistill.storage import location
-from advdistill.tasks import breakdown_fields, get_task
+from advdistill.tasks import breakdown_fields, get_task, record_cluster
 
 
 class EvalOutput:
@@ -48,11 +48,12 @@ def eval_params(cfg: ExperimentConfig) -> GenerationParams:
 
 def score_prediction(row: GeneratedGroup) -> Prediction:
     """One generated row (record + responses[0]) → its prediction: the extracted answer, its
-    correctness (`judge`), tokens, and the record's breakdown fields (None where it has none)."""
+    correctness (`judge`), tokens, the record's cluster (`record_cluster`: what an interval resamples
+    together) and its breakdown fields (None where it has none)."""
     response, finish = row["responses"][0], row["finish_reasons"][0]
     verdict = judge(response, finish, row["reference"], row["task"])
     return {"id": row["id"], "response": response, "extracted": verdict.answer, "correct": bool(verdict.correct),
-            "tokens": int(row["token_lengths"][0]), "finish_reason": finish,
+            "tokens": int(row["token_lengths"][0]), "finish_reason": finish, "cluster": record_cluster(row),
             **{name: row["meta"].get(name) for name in breakdown_fields()}}
 
 

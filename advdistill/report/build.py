@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from advdistill.curate.store import read_shards
-from advdistill.evaluation.stats import aligned, discordant_pairs, paired_difference
+from advdistill.evaluation.stats import Interval, aligned, bootstrap_accuracy, discordant_pairs, paired_difference
 from advdistill.report import plots
 from advdistill.report.tables import (
     accuracy_table,
@@ -46,27 +46,50 @@ def load_results(run: RunLayout, manifest: dict[str, Any]) -> dict[str, dict[str
     return results
 
 
-def load_verdicts(run: RunLayout, model: str, split: str) -> dict[str, bool] | None:
-    """{item id: correct} of one evaluation (its predictions.jsonl), or None if it did not run."""
+def load_evaluation(run: RunLayout, model: str, split: str) -> tuple[dict[str, bool], dict[str, str]] | None:
+    """({item id: correct}, {item id: cluster}) of one evaluation (its predictions.jsonl), or None
+    if it did not run. Rows saved before predictions named their cluster stand alone."""
     rows = _read_jsonl(run.eval(model, split).predictions)
-    return {r["id"]: bool(r["correct"]) for r in rows} if rows else None
+    if not rows:
+        return None
+    return {r["id"]: bool(r["correct"]) for r in rows}, {r["id"]: r.get("cluster") or r["id"] for r in rows}
+
+
+def accuracy_intervals(run: str | Path, models: list[str], splits: list[str]) -> dict[str, dict[str, Interval]]:
+    """intervals[model][split]: each evaluation's accuracy with its cluster-bootstrap interval
+    (related items resampled together), for every evaluation whose predictions exist."""
+    layout = RunLayout(run)
+    out: dict[str, dict[str, Interval]] = {}
+    for model in models:
+        for split in splits:
+            evaluation = load_evaluation(layout, model, split)
+            if evaluation is not None:
+                verdicts, clusters = evaluation
+                ids = sorted(verdicts)
+                out.setdefault(model, {})[split] = bootstrap_accuracy([verdicts[i] for i in ids], [clusters[i] for i in ids])
+    return out
 
 
 def paired_comparisons(run: str | Path, models: list[str], splits: list[str],
                        pairs: tuple[tuple[str, str], ...] = COMPARISONS) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
     """comparisons[(a, b)][split] = the paired difference acc(a) − acc(b) on that split's items,
-    its bootstrap interval and the discordant counts, for every pair both of whose evaluations ran."""
+    its cluster-bootstrap interval and the discordant counts, for every pair both of whose
+    evaluations ran."""
     layout = RunLayout(run)
     out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for a, b in pairs:
         if a not in models or b not in models:
             continue
         for split in splits:
-            va, vb = load_verdicts(layout, a, split), load_verdicts(layout, b, split)
-            if va is None or vb is None:
+            ea, eb = load_evaluation(layout, a, split), load_evaluation(layout, b, split)
+            if ea is None or eb is None:
                 continue
-            x, y = aligned(va, vb)
-            out.setdefault((a, b), {})[split] = {**paired_difference(x, y).as_dict(), **discordant_pairs(x, y)}
+            x, y = aligned(ea[0], eb[0])
+            ids = sorted(ea[0])
+            clusters = [ea[1][i] for i in ids]
+            if clusters != [eb[1][i] for i in ids]:
+                raise ValueError(f"{a} and {b} name different clusters for the same {split} items")
+            out.setdefault((a, b), {})[split] = {**paired_difference(x, y, clusters).as_dict(), **discordant_pairs(x, y)}
     return out
 
 
@@ -82,19 +105,30 @@ def write_report(run: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     splits, ood = manifest["splits"], manifest["ood"]
     results = load_results(layout, manifest)
+    # The accuracies' intervals from the saved verdicts, clusters resampled together (metrics.json
+    # holds a Wilson interval, which takes items as independent).
+    for model, per_split in accuracy_intervals(layout.root, list(manifest["models"]), splits).items():
+        for label, interval in per_split.items():
+            if label in results.get(model, {}):
+                results[model][label] = {**results[model][label], "accuracy_interval": [interval.low, interval.high],
+                                         "clusters": interval.clusters}
     summary = layout.curate.read_summary()
 
     sections = [f"# AdvDistill report: {manifest['name']}",
                 f"Teacher `{manifest['models']['teacher']['path']}`, student `{manifest['models']['base']['path']}`; "
                 f"trained on `{manifest['train_dataset']}`. OOD sets are marked *.",
                 "## Accuracy (paper Table 1 shape)",
-                "Greedy decoding; each accuracy with its 95% (Wilson) interval.",
+                "Greedy decoding; each accuracy with its 95% cluster-bootstrap interval: 10,000 resamples of the "
+                "clusters of related items (items of one synthetic skeleton, GSM-PLUS perturbations of one question; "
+                "otherwise each item alone), each cluster with all its items. The header gives the distinct items "
+                "and their clusters.",
                 accuracy_table(results, splits, ood)]
     comparisons = paired_comparisons(layout.root, list(manifest["models"]), splits)
     if comparisons:
         sections += ["## Paired differences",
-                     "Accuracy of one model minus another's on the same items, in points, with a paired-bootstrap "
-                     "95% interval (10,000 resamples of the items); in brackets after it, the items only the first "
+                     "Accuracy of one model minus another's on the same items, in points, with a paired "
+                     "cluster-bootstrap 95% interval (10,000 resamples of the clusters, both models keeping their "
+                     "verdicts on every drawn item); in brackets after it, the items only the first "
                      "and only the second model gets right. An interval that contains 0 is no evidence of a difference.",
                      paired_table(comparisons, splits, ood)]
     for label in splits:

@@ -42,10 +42,14 @@ def accuracy_cell(metrics: dict[str, Any] | None) -> str:
 
 def accuracy_table(results: dict[str, dict[str, dict[str, Any]]], splits: Sequence[str], ood: Sequence[str]) -> str:
     """Table 1: rows teacher / base / SFT / AdvDistill, a column per split (OOD marked *), each
-    accuracy with its 95% interval and the item count in the header."""
+    accuracy with its 95% interval, and the distinct items (and, where known, the clusters the
+    interval resampled) in the header."""
     def head(split: str) -> str:
-        n = next((per[split]["n"] for per in results.values() if split in per), None)
-        return f"{split}{'*' if split in ood else ''} (n = {n:,})" if n is not None else split
+        first = next((per[split] for per in results.values() if split in per), None)
+        if first is None:
+            return split
+        clusters = f", {first['clusters']:,} clusters" if first.get("clusters") is not None else ""
+        return f"{split}{'*' if split in ood else ''} (n = {first['n']:,} items{clusters})"
 
     rows = [[model_label(m)] + [accuracy_cell(results[m].get(s)) for s in splits] for m in results]
     return markdown_table(["Model"] + [head(s) for s in splits], rows)
@@ -57,8 +61,8 @@ def _points(value: float) -> str:
 
 def paired_table(comparisons: dict[tuple[str, str], dict[str, dict[str, Any]]], splits: Sequence[str],
                  ood: Sequence[str]) -> str:
-    """Paired differences `a − b` in accuracy points on the same items, with their paired-bootstrap
-    95% interval and the items only one of the two gets right (`a only / b only`)."""
+    """Paired differences `a − b` in accuracy points on the same items, with their paired
+    cluster-bootstrap 95% interval and the items only one of the two gets right (`a only / b only`)."""
     rows = []
     for (a, b), per_split in comparisons.items():
         cells = []

@@ -165,6 +165,8 @@ class _ItemFields(BaseModel):
     correct: bool
     tokens: int = Field(description="generated tokens, the stop token included")
     finish_reason: Literal["stop", "length"]
+    cluster: str = Field(description="the cluster of related items the record was drawn in (a synthetic skeleton, a "
+                                     "GSM-PLUS seed question; else the item's id): what an interval resamples together")
 
 
 class QuarantinedRow(BaseModel):
