@@ -7,9 +7,11 @@
 Each ablation trains AdvDistill on the fidelity run's seed-0 kept groups, at the learning rate
 fidelity chose for AdvDistill on `val`, with one setting changed (the method's definition itself
 is never changed to get a number: these are diagnoses, listed as such in bench/RESULTS.md), and
-evaluates it on the same val, test and OOD items as the run's arms. Reported: each accuracy with
-its Wilson interval, and the paired difference (bootstrap 95%) against AdvDistill as defined and
-against SFT, on the same items. Stages go through the command-line contract, as in fidelity.
+evaluates it on the same val, test and OOD items as the run's arms. Reported: each accuracy and
+the paired difference against AdvDistill as defined and against SFT, on the same items, each with
+a 95% cluster-bootstrap interval (the items' arithmetic skeletons resampled whole;
+`advdistill.evaluation.stats`). Stages go through the command-line contract, as in fidelity.
+`--saved` recomputes the tables from a finished run's saved verdicts, with no Ray.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import time
 from pathlib import Path
 
 from common import REPO, header
-from fidelity import Runner, start_cluster, stop_cluster, training_cost, verdicts
+from fidelity import Runner, item_clusters, start_cluster, stop_cluster, training_cost, verdicts
 
 sys.path.insert(0, str(REPO))
 
-from advdistill.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
+from advdistill.evaluation.stats import bootstrap_accuracy, paired_difference  # noqa: E402
 
 ABLATIONS = {  # slug → (what changes, config overrides, learning rate if not AdvDistill's chosen one)
     "lam0": ("no contrastive penalty (λ = 0)", ["train.loss.lam=0"], None),
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs=2, metavar=("ADVDISTILL", "SFT"),
                         help="the learning rates fidelity chose on val, when its fidelity.json is not written yet "
                              "(it is written at its end; the choice is made after its seed-0 grid)")
+    parser.add_argument("--saved", action="store_true",
+                        help="no Ray, nothing run: recompute ablations.json/md from the stages saved in --run")
     args = parser.parse_args()
     run = Path(args.run)
     if args.rates:
@@ -61,32 +65,36 @@ def main() -> None:
     header("Ablations of AdvDistill on the fidelity run's seed-0 groups", "python bench/ablations.py " + " ".join(sys.argv[1:]))
     chosen = {slug: ABLATIONS[slug] for slug in (args.only or ABLATIONS)}
     started = time.perf_counter()
-    os.environ["RAY_ADDRESS"] = start_cluster(num_cpus=max(os.cpu_count() or 1, 4))
-    runner = Runner(run, args.config, [], run / "ablations.log")
+    if not args.saved:
+        os.environ["RAY_ADDRESS"] = start_cluster(num_cpus=max(os.cpu_count() or 1, 4))
+    runner = Runner(run, args.config, [], run / "ablations.log", saved_only=args.saved)
     limits = {"val": args.val_items, "test": args.items, "ood": args.items}
     try:
         groups = runner.curate(seed)  # done by fidelity: skipped
         arms = {"sft": ("sft", fidelity["learning_rates"]["sft"], []), "advdistill": ("advdistill", lr, [])}
         arms.update({f"ablation-{slug}": ("advdistill", own_lr or lr, sets) for slug, (_, sets, own_lr) in chosen.items()})
-        results = {}
+        results, clusters = {}, {}
         for arm, (mode, arm_lr, sets) in arms.items():
             folder = runner.train(arm, groups, mode, arm_lr, seed, sets)
-            results[arm] = {
-                "cost": training_cost(folder),
-                # fidelity evaluated the grid runs on val as `{method}-lr{lr}-seed{seed}`, the arms on
-                # test/OOD as `{arm}-seed{seed}`; the same names here reuse those evaluations.
-                "verdicts": {
-                    "val": verdicts(runner.evaluate(f"{arm}-lr{arm_lr:g}-seed{seed}-val", folder / "final", ["val"],
-                                                    limits["val"])["val"]),
-                    **{split: verdicts(folder_) for split, folder_ in runner.evaluate(
-                        f"{arm}-seed{seed}", folder / "final", ["test", "ood"], limits["test"]).items()}}}
+            # fidelity evaluated the grid runs on val as `{method}-lr{lr}-seed{seed}`, the arms on
+            # test/OOD as `{arm}-seed{seed}`; the same names here reuse those evaluations.
+            evaluated = {"val": runner.evaluate(f"{arm}-lr{arm_lr:g}-seed{seed}-val", folder / "final", ["val"],
+                                                limits["val"])["val"],
+                         **runner.evaluate(f"{arm}-seed{seed}", folder / "final", ["test", "ood"], limits["test"])}
+            results[arm] = {"cost": training_cost(folder),
+                            "verdicts": {split: verdicts(out) for split, out in evaluated.items()}}
+            if not clusters:  # every arm is evaluated on the same items: the first one's name their clusters
+                clusters = {split: item_clusters(evaluated[split], split) for split in SPLITS}
     finally:
-        stop_cluster()
-    out = summarize(results, chosen, seed, lr)
+        if not args.saved:
+            stop_cluster()
+    out = summarize(results, chosen, seed, lr, clusters)
     from advdistill.config import load_config
 
     out["incorrect_overlap"] = incorrect_overlap(groups, load_config(args.config).student)
-    out["wall_seconds"] = time.perf_counter() - started
+    previous = run / "ablations.json"
+    out["wall_seconds"] = (json.loads(previous.read_text())["wall_seconds"] if args.saved and previous.is_file()
+                           else time.perf_counter() - started)
     (run / "ablations.json").write_text(json.dumps(out, indent=2))
     report = render(out)
     (run / "ablations.md").write_text(report)
@@ -120,23 +128,26 @@ def incorrect_overlap(groups: Path, tokenizer_path: str) -> dict[str, float]:
             "p10": float(np.percentile(shares, 10))}
 
 
-def summarize(results: dict, chosen: dict, seed: int, lr: float) -> dict:
+def summarize(results: dict, chosen: dict, seed: int, lr: float, clusters: dict[str, dict[str, str]]) -> dict:
+    """`results[arm]["verdicts"][split]`: {item: correct}; `clusters[split]`: {item: cluster}."""
     out = {"seed": seed, "lr": lr, "ablations": {slug: what for slug, (what, _, _) in chosen.items()},
-           "accuracy": {}, "vs_advdistill": {}, "vs_sft": {}, "cost": {}}
+           "interval": "cluster bootstrap, 95% (one seed)", "accuracy": {}, "vs_advdistill": {}, "vs_sft": {},
+           "cost": {}}
     for arm, r in results.items():
         for split in SPLITS:
             v = r["verdicts"][split]
-            interval = wilson_interval(list(v.values()))
-            out["accuracy"].setdefault(arm, {})[split] = {"value": interval.value, "low": interval.low,
-                                                          "high": interval.high, "n": interval.n}
+            ids = sorted(clusters[split])
+            if sorted(v) != ids:
+                raise ValueError(f"{arm} was not evaluated on the run's {split} items")
+            groups = [clusters[split][i] for i in ids]
+            out["accuracy"].setdefault(arm, {})[split] = bootstrap_accuracy([v[i] for i in ids], groups).as_dict()
             for ref, key in (("advdistill", "vs_advdistill"), ("sft", "vs_sft")):
                 if arm == ref:
                     continue
                 base = results[ref]["verdicts"][split]
-                ids = sorted(v)
                 if sorted(base) != ids:
                     raise ValueError(f"{arm} and {ref} were not evaluated on the same {split} items")
-                d = paired_difference([v[i] for i in ids], [base[i] for i in ids])
+                d = paired_difference([v[i] for i in ids], [base[i] for i in ids], groups)
                 out[key].setdefault(arm, {})[split] = d.as_dict()
         out["cost"][arm] = r["cost"]
     return out
@@ -151,8 +162,10 @@ def render(r: dict) -> str:
 
     labels = {"sft": "SFT", "advdistill": "AdvDistill (as defined)",
               **{f"ablation-{slug}": f"AdvDistill, {what}" for slug, what in r["ablations"].items()}}
+    first = next(iter(r["accuracy"].values()))
+    design = ", ".join(f"{s}: {first[s]['n']:,} items in {first[s]['clusters']:,} skeletons" for s in SPLITS)
     lines = [f"Seed {r['seed']}, AdvDistill's learning rate {r['lr']:g} (chosen on val by bench/fidelity.py); "
-             f"wall {r['wall_seconds'] / 60:.0f} min.", "",
+             f"wall {r['wall_seconds'] / 60:.0f} min. Intervals: 95% cluster bootstrap ({design}).", "",
              "| Arm | val | test [95%] | OOD [95%] | test − AdvDistill | OOD − AdvDistill | test − SFT | OOD − SFT | steps s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for arm, acc in r["accuracy"].items():

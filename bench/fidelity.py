@@ -3,6 +3,7 @@ embedded student better, and better than SFT — with intervals, seeds and a fai
 
     python bench/fidelity.py                      # 3 seeds, the embedded default (~60 min here)
     python bench/fidelity.py --seeds 0 --quick    # a smoke run
+    python bench/fidelity.py --saved              # recompute the tables from a finished run's saved verdicts
 
 Protocol, on the embedded default (`configs/tiny.yaml`):
 - Arms: student base; SFT (best response per group); AdvDistill with the K = 8 responses;
@@ -14,8 +15,12 @@ Protocol, on the embedded default (`configs/tiny.yaml`):
   split (disjoint from test and OOD by construction), then used for every seed. The K' = 3 arm is
   AdvDistill with fewer responses and takes AdvDistill's rate. Test and OOD are never looked at
   to choose anything.
-- Measures: greedy accuracy on 1,000 test and 1,000 OOD items per seed (Wilson 95% intervals),
-  paired differences pooled over seeds with a paired bootstrap stratified by seed, the behaviour
+- Measures: greedy accuracy on 1,000 test and 1,000 OOD items per seed, per seed and its spread,
+  and paired differences over seeds, each with a 95% cluster-bootstrap interval
+  (`advdistill.evaluation.stats`): the items' clusters (their arithmetic skeletons: 1,000 test
+  items come from 753) are drawn once per replicate and kept for every seed, seeds resampled at a
+  second level; an interval's n is the distinct items (the deterministic teacher and base are one
+  evaluation, not one per seed); the behaviour
   metrics of the paper's Tables 6–7 (verbosity of correct / incorrect answers, seq-rep-4
   degeneracy, template adherence), and the training cost of AdvDistill relative to SFT (seconds
   of optimizer steps and tokens, from each run's metrics.jsonl; paper Table 3: 4.5x).
@@ -41,7 +46,7 @@ from common import REPO, header
 
 sys.path.insert(0, str(REPO))
 
-from advdistill.evaluation.stats import paired_difference, wilson_interval  # noqa: E402
+from advdistill.evaluation.stats import bootstrap_accuracy, paired_difference, seed_spread  # noqa: E402
 
 PYTHON = sys.executable
 LR_GRID = (3e-4, 1e-3, 3e-3)
@@ -56,11 +61,14 @@ SPLITS = {"test": "test", "ood": "ood"}
 class Runner:
     """Runs the entry points against one Ray cluster, skipping stages whose output exists."""
 
-    def __init__(self, out: Path, config: str, overrides: list[str], log: Path):
+    def __init__(self, out: Path, config: str, overrides: list[str], log: Path, saved_only: bool = False):
         self.out, self.config, self.overrides, self.log = out, config, overrides, log
+        self.saved_only = saved_only  # read finished stages only; a missing one is an error
         self.seconds: dict[str, float] = {}
 
     def _run(self, name: str, script: str, args: list[str], sets: list[str]) -> None:
+        if self.saved_only:
+            raise SystemExit(f"--saved: {name} has no saved output in {self.out}")
         cmd = [PYTHON, str(REPO / "ray_jobs" / script), "--config", self.config, *args]
         for s in [*self.overrides, *sets]:
             cmd += ["--set", s]
@@ -86,8 +94,8 @@ class Runner:
         folder = self.out / f"seed-{seed}" / f"train-{name}-lr{lr:g}"
         if not (folder / "result.json").is_file():
             self._run(f"train {name} lr {lr:g} seed {seed}", "train.py",
-                      ["--groups", str(groups), "--output", str(folder), "--mode", mode],
-                      [f"train.lr={lr}", f"train.seed={seed}", *sets])
+                      ["--groups", str(groups), "--output", str(folder), "--method", mode],
+                      [f"train.method_lr.{mode}={lr}", f"train.seed={seed}", *sets])
         return folder
 
     def evaluate(self, name: str, model: Path | str, splits: list[str], limit: int, few_shot: int = 0) -> dict[str, Path]:
@@ -102,9 +110,28 @@ class Runner:
         return outputs  # one split writes into the folder itself (evaluate.py's contract)
 
 
+def _predictions(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
+
+
 def verdicts(folder: Path) -> dict[str, bool]:
-    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    return {r["id"]: bool(r["correct"]) for r in rows}
+    return {r["id"]: bool(r["correct"]) for r in _predictions(folder)}
+
+
+def item_clusters(folder: Path, split: str) -> dict[str, str]:
+    """{item id: cluster} of a synthetic evaluation, from its predictions; predictions saved before
+    they named clusters get them from the generator's records (deterministic: the same ids are the
+    same problems)."""
+    rows = _predictions(folder)
+    if all("cluster" in r for r in rows):
+        return {r["id"]: r["cluster"] for r in rows}
+    from advdistill.config import DatasetConfig
+    from advdistill.data.loaders import load_records
+    from advdistill.tasks import record_cluster
+
+    records = load_records(DatasetConfig(name="synthetic", split=split, limit=len(rows))).records
+    cluster_of = {r["id"]: record_cluster(r) for r in records}
+    return {r["id"]: cluster_of[r["id"]] for r in rows}
 
 
 def training_cost(folder: Path) -> dict[str, float]:
@@ -149,6 +176,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every stage (e.g. an ablation: train.loss.lam=0)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 128 prompts, 100 items, one epoch")
+    parser.add_argument("--saved", action="store_true",
+                        help="no Ray, nothing run: recompute fidelity.json/md from the stages saved in --out")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,13 +191,18 @@ def main() -> None:
 
     cfg = load_config(args.config, overrides)
     started = time.perf_counter()
-    os.environ["RAY_ADDRESS"] = start_cluster(num_cpus=max(os.cpu_count() or 1, 4))
-    runner = Runner(out, args.config, overrides, out / "fidelity.log")
-    try:
+    runner = Runner(out, args.config, overrides, out / "fidelity.log", saved_only=args.saved)
+    if args.saved:
         results = run_protocol(runner, cfg, args)
-    finally:
-        stop_cluster()
-    results["wall_seconds"] = time.perf_counter() - started
+        previous = out / "fidelity.json"
+        results["wall_seconds"] = json.loads(previous.read_text())["wall_seconds"] if previous.is_file() else 0.0
+    else:
+        os.environ["RAY_ADDRESS"] = start_cluster(num_cpus=max(os.cpu_count() or 1, 4))
+        try:
+            results = run_protocol(runner, cfg, args)
+        finally:
+            stop_cluster()
+        results["wall_seconds"] = time.perf_counter() - started
     (out / "fidelity.json").write_text(json.dumps(results, indent=2))
     report = render(results)
     (out / "fidelity.md").write_text(report)
@@ -182,6 +216,7 @@ def run_protocol(runner: Runner, cfg, args) -> dict:
     outputs = {name: runner.evaluate(name, model, splits, args.items)
                for name, model in (("teacher", cfg.teacher), ("base", cfg.student))}
     reference = {name: {split: verdicts(out[split]) for split in SPLITS} for name, out in outputs.items()}
+    clusters = {split: item_clusters(outputs["teacher"][split], split) for split in SPLITS}
     reference_metrics = {name: {split: json.loads((out[split] / "metrics.json").read_text()) for split in SPLITS}
                          for name, out in outputs.items()}
     # 2. The learning rate of each method, on seed 0's groups, by val accuracy.
@@ -208,45 +243,41 @@ def run_protocol(runner: Runner, cfg, args) -> dict:
                 "splits": {split: verdicts(out[split]) for split in SPLITS},
                 "metrics": {split: json.loads((out[split] / "metrics.json").read_text()) for split in SPLITS},
             }
-    return summarize(reference, reference_metrics, arms, seeds, chosen, grid, runner.seconds)
+    return summarize(reference, reference_metrics, arms, seeds, chosen, grid, runner.seconds, clusters)
 
 
-def _stack(per_seed: dict[int, dict[str, bool]], seeds: list[int]) -> tuple[list[bool], list[int], list[str]]:
-    ids = sorted(per_seed[seeds[0]])
-    values, strata, keys = [], [], []
-    for seed in seeds:
-        if sorted(per_seed[seed]) != ids:
-            raise ValueError("every seed must be evaluated on the same items")
-        values += [per_seed[seed][i] for i in ids]
-        strata += [seed] * len(ids)
-        keys += [f"{seed}/{i}" for i in ids]
-    return values, strata, keys
+def seeds_by_items(per_seed: list[dict[str, bool]], ids: list[str]) -> list[list[bool]]:
+    """One row of verdicts per seed, the items in `ids` order."""
+    if any(sorted(v) != ids for v in per_seed):
+        raise ValueError("every arm and seed must be evaluated on the same items")
+    return [[v[i] for i in ids] for v in per_seed]
 
 
-def summarize(reference, reference_metrics, arms, seeds, chosen, grid, seconds) -> dict:
+def summarize(reference, reference_metrics, arms, seeds, chosen, grid, seconds, clusters) -> dict:
+    """`reference[arm][split]`: a deterministic arm's verdicts (one evaluation stands for every
+    seed); `arms[arm][seed]["splits"][split]`: a trained arm's; `clusters[split]`: {item: cluster}."""
     out = {"seeds": seeds, "learning_rates": chosen, "val_accuracy_by_lr": grid, "stage_seconds": seconds,
+           "interval": "cluster bootstrap, 95%: clusters drawn once per replicate for every seed, seeds resampled",
            "accuracy": {}, "differences": {}, "behaviour": {}, "cost": {}}
-    # Reference arms are deterministic: the same verdicts stand for every seed.
-    verdicts_by_arm = {name: {split: {s: per_split[split] for s in seeds} for split in SPLITS}
-                       for name, per_split in reference.items()}
+    ids = {split: sorted(clusters[split]) for split in SPLITS}
+    cluster_list = {split: [clusters[split][i] for i in ids[split]] for split in SPLITS}
+    # seeds × items per arm and split; a deterministic arm is one row, not one copy per seed
+    matrix = {name: {split: seeds_by_items([per_split[split]], ids[split]) for split in SPLITS}
+              for name, per_split in reference.items()}
     for arm, per_seed in arms.items():
-        verdicts_by_arm[arm] = {split: {s: per_seed[s]["splits"][split] for s in seeds} for split in SPLITS}
-    for arm, per_split in verdicts_by_arm.items():
-        for split, per_seed in per_split.items():
-            values, _, _ = _stack(per_seed, seeds)
-            by_seed = [sum(per_seed[s].values()) / len(per_seed[s]) for s in seeds]
-            pooled = wilson_interval(values)
+        matrix[arm] = {split: seeds_by_items([per_seed[s]["splits"][split] for s in seeds], ids[split])
+                       for split in SPLITS}
+    for arm, per_split in matrix.items():
+        for split, rows in per_split.items():
+            interval = bootstrap_accuracy(rows, cluster_list[split])
             out["accuracy"].setdefault(arm, {})[split] = {
-                "by_seed": by_seed, "mean": statistics.mean(by_seed),
-                "seed_sd": statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0,
-                "pooled_interval": [pooled.low, pooled.high], "n": pooled.n}
+                **seed_spread(rows), "deterministic": arm in reference, "interval": [interval.low, interval.high],
+                "n": interval.n, "clusters": interval.clusters, "seeds": interval.seeds}
     pairs = [("advdistill", "sft"), ("advdistill-k3", "sft"), ("advdistill", "advdistill-k3"),
              ("advdistill", "base"), ("advdistill-k3", "base"), ("sft", "base")]
     for a, b in pairs:
         for split in SPLITS:
-            va, strata, _ = _stack(verdicts_by_arm[a][split], seeds)
-            vb, _, _ = _stack(verdicts_by_arm[b][split], seeds)
-            d = paired_difference(va, vb, strata=strata)
+            d = paired_difference(matrix[a][split], matrix[b][split], cluster_list[split])
             out["differences"].setdefault(f"{a} − {b}", {})[split] = d.as_dict()
     for arm in list(reference_metrics) + list(arms):
         for split in SPLITS:
@@ -281,18 +312,25 @@ LABELS = {"teacher": "Teacher", "base": "Student base", "sft": "SFT", "advdistil
 
 def render(r: dict) -> str:
     seeds = r["seeds"]
+    first = next(iter(r["accuracy"].values()))
+    design = ", ".join(f"{split}: {first[split]['n']:,} items in {first[split]['clusters']:,} skeletons" for split in SPLITS)
     lines = [f"Seeds {seeds}; learning rates chosen on `val`: {r['learning_rates']} "
              f"(val accuracy per rate: {json.dumps(r['val_accuracy_by_lr'])}); wall {r['wall_seconds'] / 60:.0f} min.", "",
-             "| Arm | test: mean over seeds (per seed) [pooled 95% interval] | OOD: mean (per seed) [interval] |",
+             f"Intervals: 95% cluster bootstrap ({design}; each replicate draws skeletons once for every seed, "
+             "then resamples the seeds; n is the distinct items). Per seed and the seeds' standard deviation "
+             "beside it; the teacher and the base decode greedily: one evaluation.", "",
+             "| Arm | test: mean (per seed; sd) [95% interval] | OOD: mean (per seed; sd) [95% interval] |",
              "|---|---|---|"]
     for arm, per in r["accuracy"].items():
         cells = []
         for split in SPLITS:
             a = per[split]
-            cells.append(f"{pct(a['mean'])} ({', '.join(pct(x) for x in a['by_seed'])}) "
-                         f"[{pct(a['pooled_interval'][0])}, {pct(a['pooled_interval'][1])}]")
+            spread = ("one evaluation" if a["deterministic"]
+                      else f"{', '.join(pct(x) for x in a['by_seed'])}; sd {pct(a['seed_sd'])}")
+            cells.append(f"{pct(a['mean'])} ({spread}) [{pct(a['interval'][0])}, {pct(a['interval'][1])}]")
         lines.append(f"| {LABELS.get(arm, arm)} | {cells[0]} | {cells[1]} |")
-    lines += ["", "Paired differences in points, pooled over seeds (bootstrap stratified by seed, 95%):", "",
+    lines += ["", "Paired differences in points over seeds (cluster bootstrap as above, 95%; seed s of one arm "
+              "paired with seed s of the other, a deterministic arm with every seed):", "",
               "| Difference | test | OOD |", "|---|---|---|"]
     for name, per in r["differences"].items():
         a, b = name.split(" − ")
