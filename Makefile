@@ -1,5 +1,6 @@
 # The README's two set-up commands: `make demo` (run the embedded default end to end) and
-# `make test` (the test suite). Both create .venv and install what they need on a fresh machine.
+# `make test` (the test suite; `make test-fast` its fast tier). Both create .venv and install
+# what they need on a fresh machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ TORCH_CPU_INDEX_URL := https://download.pytorch.org/whl/cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test test-fast venv clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ demo: $(VENV)/.installed-cpu+tracking
 
 test: $(VENV)/.installed-cpu+tracking+lora+test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier (~2-3 min): every test that starts no Ray, Serve, vLLM engine or process
+# (markers set in tests/tiers.py); starting one of them there fails the test. `make test` runs all.
+test-fast: $(VENV)/.installed-cpu+tracking+lora+test
+	$(PY) -m pytest --fast $(PYTEST_ARGS)
 
 venv: $(VENV)/.installed-cpu+tracking+lora+test
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 from ray_nodes import agent_ports, new_temp_dir, start_node, stop_nodes
+# Tiers: `ray`/`serve`/`e2e`/`vllm` markers from each test's fixtures and code, and `--fast`
+# (`make test-fast`) with its guard.
+from tiers import (pytest_addoption, pytest_collection_modifyitems, pytest_configure,  # noqa: F401
+                   pytest_unconfigure)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -47,6 +47,7 @@ def test_packed_logprobs_equal_separate_sequences(attn, backend):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.slow  # torch.compile builds FlexAttention's C++ kernel: ~35 s on 2 cores
 @pytest.mark.skipif(not flex_available(), reason="this torch has no FlexAttention")
 def test_flex_attention_logprobs_equal_separate_sequences():
     """FlexAttention (compiled; float32, its CPU kernel's type). torch has no FlexAttention
