@@ -77,7 +77,9 @@ def template_adherence(responses: Sequence[str]) -> dict[str, float]:
 
 def summarize(responses: Sequence[str], token_counts: Sequence[int], correct: Sequence[bool]) -> dict[str, Any]:
     """Every SPEC §7 metric for one set of responses; the accuracy with its 95% (Wilson)
-    interval, since a share of n items is only as good as n."""
+    interval, since a share of n items is only as good as n. Wilson takes the items as
+    independent; where they cluster (a synthetic skeleton, a GSM-PLUS seed question) the report
+    recomputes the interval from the saved predictions with the cluster bootstrap (`stats`)."""
     interval = wilson_interval(correct)
     return {
         "n": len(responses),
