@@ -59,6 +59,10 @@ def test_own_ray_init():
 def test_vllm_engine():
     VLLMEngine
 
+def test_vllm_engine_imported_inside():
+    from advdistill.generation.engines import VLLMEngine as Engine
+    Engine
+
 @pytest.mark.slow
 def test_marked_slow():
     pass
@@ -84,6 +88,7 @@ def test_tests_are_marked_from_their_fixtures_and_code(pytester):
         "test_process_through_a_helper": {"e2e"},
         "test_own_ray_init": {"ray"},
         "test_vllm_engine": {"vllm"},
+        "test_vllm_engine_imported_inside": {"vllm"},
         "test_marked_slow": {"slow"},
     }
 
@@ -92,7 +97,7 @@ def test_the_fast_tier_keeps_only_unmarked_tests(pytester):
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_marked=MARKED)
     result = pytester.runpytest_inprocess("--fast", *QUIET)
-    result.assert_outcomes(passed=1, deselected=6)
+    result.assert_outcomes(passed=1, deselected=7)
 
 
 # Starting Ray, vLLM or an entry point through code the scan does not follow (a module outside

@@ -25,6 +25,7 @@ math-verify pool's fork server, part of scoring, is one.)
 from __future__ import annotations
 
 import dis
+import functools
 import importlib.abc
 import importlib.machinery
 import inspect
@@ -46,8 +47,8 @@ class FastTierViolation(RuntimeError):
 
 def pytest_addoption(parser):
     parser.addoption("--fast", action="store_true",
-                     help="the fast tier: deselect ray/serve/e2e/slow tests; starting Ray or an entry "
-                          "point in a test fails (tests/tiers.py)")
+                     help="the fast tier: deselect ray/serve/e2e/vllm/slow tests; starting Ray, vLLM or "
+                          "an entry point in a test fails (tests/tiers.py)")
 
 
 _DISARM = pytest.StashKey()
@@ -84,18 +85,15 @@ def _starts(item) -> set[str]:
     if "ray_cluster" in getattr(item, "fixturenames", ()):
         found.add("ray")
     test = getattr(item, "obj", None)
-    funcs = []
     if test is not None:
         found |= _scan(test)
-    info = getattr(item, "_fixtureinfo", None)
+    info = getattr(item, "_fixtureinfo", None)  # the fixture closure's definitions
     for name in getattr(item, "fixturenames", ()):
         if name == "ray_cluster":
             continue  # the suite's one cluster: `ray`, not each test's own processes (`e2e`)
         for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
-            funcs.append(fixturedef.func)
-    for func in funcs:
-        if _ours(func):
-            found |= _scan(func)
+            if _ours(fixturedef.func):  # not pytest's own (tmp_path, monkeypatch, pytester, ...)
+                found |= _scan(fixturedef.func)
     return found
 
 
@@ -128,10 +126,19 @@ def _ours(value) -> bool:
     followed; library code (the package, pytest's own fixtures, site-packages) is not."""
     if not isinstance(value, (types.FunctionType, type)):
         return False
-    try:
-        path = Path(inspect.getfile(value)).resolve()
-    except (TypeError, OSError):
-        return False
+    code = getattr(value, "__code__", None)
+    filename = code.co_filename if code is not None else None
+    if filename is None:
+        try:
+            filename = inspect.getfile(value)
+        except (TypeError, OSError):
+            return False
+    return _test_file(filename)
+
+
+@functools.cache
+def _test_file(filename: str) -> bool:
+    path = Path(filename).resolve()
     return path.is_relative_to(TESTS) or path.name.startswith("test_") or path.name == "conftest.py"
 
 
@@ -167,8 +174,27 @@ def _qualified(value) -> str | None:
     return f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else None
 
 
+def _related(qualified: str) -> bool:
+    """Whether a name is, contains or is inside one of STARTERS (`ray` for `ray.init`)."""
+    return any(qualified == k or k.startswith(qualified + ".") or qualified.startswith(k + ".")
+               or (k[0] == "." and (qualified.endswith(k) or qualified == k[1:])) for k in STARTERS)
+
+
+def _worth_reading(code: types.CodeType, globals_: dict) -> bool:
+    """A quick look at the names a function uses, before reading its bytecode (collection time)."""
+    for name in code.co_names:
+        if _related(name):
+            return True
+        value = globals_.get(name)
+        if value is not None and (_ours(value) or ((q := _qualified(value)) is not None and _related(q))):
+            return True
+    return any(isinstance(c, types.CodeType) and _worth_reading(c, globals_) for c in code.co_consts)
+
+
 def _scan_code(code: types.CodeType, globals_: dict, seen: set) -> set[str]:
     found: set[str] = set()
+    if not _worth_reading(code, globals_):
+        return found
     local_modules: dict[str, str] = {}  # names bound by `import x` inside this function
     instructions = list(dis.get_instructions(code))
     for i, ins in enumerate(instructions):
@@ -183,7 +209,7 @@ def _scan_code(code: types.CodeType, globals_: dict, seen: set) -> set[str]:
             while j < len(instructions) and instructions[j].opname in ("IMPORT_FROM", *_STORES):
                 if instructions[j].opname == "IMPORT_FROM":  # `from x import y`
                     found |= _marks_of(f"{module}.{instructions[j].argval}")
-                    value = getattr(sys.modules.get(module), instructions[j].argval, None)
+                    value = vars(sys.modules[module]).get(instructions[j].argval) if module in sys.modules else None
                     if _ours(value):
                         found |= _scan(value, seen)
                 j += 1
