@@ -11,10 +11,10 @@ file must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from advdistill.methods import MethodName
 from advdistill.tasks import TaskName, get_task, task_names
@@ -25,9 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Section(BaseModel):
-    """Base for config sections: no unknown keys, assignment re-validated."""
+    """Base for config sections: no unknown keys, assignment re-validated. A key a section no
+    longer has fails with the message naming what replaced it (`replaced`), not only as unknown."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    replaced: ClassVar[Mapping[str, str]] = {}  # old key -> the message naming its replacement
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_replaced_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [key for key in cls.replaced if key in data]
+            if old:
+                raise ValueError("; ".join(cls.replaced[key] for key in old))
+        return data
 
 
 class PromptConfig(Section):
@@ -45,8 +56,9 @@ class RewardConfig(Section):
 
     w_cos: float = Field(2.0, description="weight of the cosine (length-aware correctness) reward")
     w_fmt: float = Field(1.0, description="weight of the format reward")
-    max_len: int = Field(2048, gt=0, description="L_max of the cosine reward: the teacher's generation limit "
-                                                 "(must equal curate.sampling.max_tokens)")
+    max_len: int | None = Field(None, gt=0, description="L_max of the cosine reward: the teacher's generation limit. "
+                                                        "None = curate.sampling.max_tokens (derived); a value set "
+                                                        "must equal it")
     correct_start: float = Field(1.0, description="cosine reward of a correct response of length 0")
     correct_end: float = Field(0.5, description="cosine reward of a correct response of length L_max")
     wrong_start: float = Field(-0.5, description="cosine reward of an incorrect response of length 0 "
@@ -89,7 +101,7 @@ class SamplingConfig(Section):
 
 class EndpointConfig(Section):
     """A teacher behind an OpenAI-compatible server (vLLM's or SGLang's `serve`, a hosted API),
-    used with `engine: openai`. Prompts are rendered here with the teacher's tokenizer (the
+    used with `backend: openai`. Prompts are rendered here with the teacher's tokenizer (the
     config's `teacher`: a local folder or hub id) exactly as for a local engine and sent to the
     completions API (`/v1/completions`); per-response token counts come from that tokenizer,
     the totals billed from the answers' `usage`."""
@@ -118,10 +130,12 @@ class EngineConfig(Section):
     OpenAI-compatible endpoint. The model is not part of it: the same settings serve every model
     a stage loads."""
 
-    engine: Literal["auto", "vllm", "transformers", "openai"] = Field(
+    replaced: ClassVar[Mapping[str, str]] = {"engine": "engine.engine was renamed engine.backend"}
+
+    backend: Literal["auto", "vllm", "transformers", "openai"] = Field(
         "auto", description="auto = vLLM where installed; openai = the server in `endpoint` (a teacher you cannot "
                             "host)")
-    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="the server, for engine: openai")
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="the server, for backend: openai")
     max_model_len: int = Field(4096, gt=0, description="context length (prompt + response)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
     dtype: str = Field("auto", description="weights dtype; auto = the checkpoint's (float32 on CPUs without bf16)")
@@ -144,10 +158,19 @@ class ResourcesConfig(Section):
     use_gpu: bool | None = Field(None, description="None = use GPUs iff the cluster has any")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (an engine on CPU computes with "
                                                         "them)")
-    min_workers: int = Field(1, ge=1, description="lower bound of the actor pool (curate, evaluate)")
-    max_workers: int | None = Field(None, description="upper bound of the actor pool; None = the cluster's GPUs "
-                                                      "(CPU: 1)")
-    custom: dict[str, float] = Field(
+    min_actors: int = Field(1, ge=1, description="actors the generation pool (curate, evaluate) starts with and "
+                                                 "keeps; on an autoscaling cluster, nodes for this many start first")
+    max_actors: int | None = Field(
+        None, ge=1, description="actors the generation pool may grow to (each holds tensor_parallel_size GPUs while "
+                                "it lives). None = on a fixed cluster, one per tensor_parallel_size GPUs present at "
+                                "submit (CPU: 1); on an autoscaling cluster None is an error: the GPUs present at "
+                                "submit say nothing about those the autoscaler can add (README: Cluster)")
+    replaced: ClassVar[Mapping[str, str]] = {
+        "custom": "resources.custom was renamed resources.custom_resources",
+        "min_workers": "resources.min_workers was renamed resources.min_actors (the generation pool's lower bound)",
+        "max_workers": "resources.max_workers was renamed resources.max_actors (the generation pool's upper bound)"}
+
+    custom_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each worker (actor, Train worker, Serve replica) "
                                           "needs, e.g. {inference: 1}: it then runs only on nodes that declare them "
                                           "(cluster.yaml's node types), and the autoscaler starts such a node for it")
@@ -201,9 +224,24 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     """SPEC §6 / paper Appendix B."""
 
-    mode: MethodName = Field("advdistill", description="training method (advdistill.methods): advdistill, "
-                                                       "or sft (the best response per group)")
-    lr: float = Field(5e-6, gt=0, description="AdamW learning rate")
+    replaced: ClassVar[Mapping[str, str]] = {
+        "mode": "train.mode was renamed train.method",
+        # The old key made the step size depend on the worker count (workers x grad_accum groups).
+        "grad_accum": "train.grad_accum was replaced by train.groups_per_step: the number of groups per optimizer "
+                      "step across all workers (paper: 16), whatever train.num_workers is",
+        "fail_at_step": "train.fail_at_step left the config: it is a test-only fault injection, the "
+                        "ADVDISTILL_FAIL_AT_STEP environment variable (advdistill.train.loop)",
+    }
+
+    method: MethodName = Field("advdistill", description="training method (advdistill.methods): advdistill, "
+                                                         "or sft (the best response per group)")
+    lr: float = Field(5e-6, gt=0, description="AdamW learning rate (of every method without its own in method_lr)")
+    method_lr: dict[MethodName, PositiveFloat] = Field(
+        default_factory=dict, description="a training method's own learning rate, in place of lr when that method "
+                                          "trains, e.g. {sft: 1e-3}; distill.py (the SFT baseline, "
+                                          "extra_sft_students) and ray_jobs/train.py alike. Each method's rate is a "
+                                          "choice made on the validation split (bench/fidelity.py): a method run at "
+                                          "the rate tuned for another is not a fair comparison")
     weight_decay: float = Field(0.01, description="AdamW weight decay (matrices only)")
     epochs: int = Field(4, ge=1, description="passes over the training groups")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps of linear warm-up before the cosine "
@@ -247,19 +285,13 @@ class TrainConfig(Section):
                                                    "metrics.jsonl)")
     checkpoints_to_keep: int | None = Field(2, ge=1, description="checkpoints kept in OUTPUT/checkpoints")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps; None = all epochs")
-    fail_at_step: int | None = Field(None, ge=1, description="fault injection: raise once at this step in an attempt "
-                                                             "that did not resume (tests recovery)")
     loss: LossConfig = LossConfig()
     lora: LoraConfig = LoraConfig()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _grad_accum_was_replaced(cls, data: Any) -> Any:
-        # The old key made the step size depend on the worker count (workers x grad_accum groups).
-        if isinstance(data, dict) and "grad_accum" in data:
-            raise ValueError("train.grad_accum was replaced by train.groups_per_step: the number of groups per "
-                             "optimizer step across all workers (paper: 16), whatever train.num_workers is")
-        return data
+    @property
+    def learning_rate(self) -> float:
+        """The rate this training runs at: the method's own (method_lr), else lr."""
+        return self.method_lr.get(self.method, self.lr)
 
     @model_validator(mode="after")
     def _steps_fill_every_worker(self) -> "TrainConfig":
@@ -290,13 +322,18 @@ class EvalConfig(Section):
 
 
 class ServeConfig(Section):
+    replaced: ClassVar[Mapping[str, str]] = {
+        "custom": "serve.custom was renamed serve.custom_resources",
+        "max_tokens_limit": "serve.max_tokens_limit was renamed serve.max_request_tokens",
+    }
+
     host: str = Field("127.0.0.1", description="HTTP address of `distill.py --serve`")
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port of `distill.py --serve`")
     checkpoint_root: str = Field(".", description="folder that served model paths must stay inside")
     data_root: str = Field("data", description="data folder that dataset paths in requests must stay inside "
                                                "(relative: to the repository); never the repository itself")
     max_items: int = Field(2048, ge=1, description="items per request at most (413 beyond)")
-    max_tokens_limit: int = Field(4096, ge=1, description="max_tokens a request may ask for (413 beyond)")
+    max_request_tokens: int = Field(4096, ge=1, description="max_tokens a request may ask for (413 beyond)")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="request body size at most (413 beyond)")
     max_dataset_bytes: int = Field(32 * 2**20, ge=1, description="size of a dataset file a request names, at "
                                                                  "most (413 beyond)")
@@ -321,7 +358,7 @@ class ServeConfig(Section):
     max_models_per_replica: int = Field(2, ge=1, description="on-demand checkpoints one replica keeps loaded "
                                                              "(Ray Serve model multiplexing, least recently used out)")
     start_after_run: bool = Field(False, description="serve the run's checkpoints when distill.py ends")
-    custom: dict[str, float] = Field(
+    custom_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each model replica of `distill.py --serve` needs "
                                           "(e.g. {serve: 1}: replicas only on the node type that declares it)")
 
@@ -337,6 +374,11 @@ class TrackingConfig(Section):
 
 
 class ExperimentConfig(Section):
+    replaced: ClassVar[Mapping[str, str]] = {
+        "sft_lr": "sft_lr was replaced by train.method_lr: a learning rate per training method, e.g. "
+                  "train.method_lr: {sft: 1e-3}, used by distill.py and ray_jobs/train.py alike",
+    }
+
     name: str = Field("paper-default", description="experiment name (default output folder runs/<name>)")
     teacher: str = Field("Qwen/Qwen2.5-7B", description="hub id or local folder of the teacher, a base model (gets "
                                                         "prompt.few_shot exemplars)")
@@ -345,11 +387,6 @@ class ExperimentConfig(Section):
                                           description="students that get an SFT baseline and a base-model evaluation "
                                                       "too (paper: Qwen/Qwen2.5-3B)")
     sft_baseline: bool = Field(True, description="train the SFT baseline (the best response per group) on student")
-    sft_lr: float | None = Field(
-        None, gt=0, description="learning rate of distill.py's SFT trainings (the baseline, extra_sft_students); "
-                                "None = train.lr. Each method's rate is a choice made on the validation split "
-                                "(bench/fidelity.py): a method run at the rate tuned for the other is not a fair "
-                                "comparison. ray_jobs/train.py always uses train.lr")
     accelerator_hour_price: float | None = Field(
         None, ge=0, description="dollars per accelerator-hour: run.json gives each stage's `dollars` and the report's "
                                 "cost table a dollars column and total (docs/cluster-plan.md uses $2.50, the rate the "
@@ -366,9 +403,13 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _reward_len_matches_generation(self) -> "ExperimentConfig":
-        # L_max is the teacher's max generation length (paper §4.1); a mismatch silently changes
-        # every reward, so it is an error rather than a surprise.
-        if self.reward.max_len != self.curate.sampling.max_tokens:
+        # L_max is the teacher's max generation length (paper §4.1): derived from it unless set, and
+        # a value set that differs is an error (it would silently change every reward).
+        if self.reward.max_len is None:
+            self.reward.max_len = self.curate.sampling.max_tokens
+            # Still derived: a copy with another max_tokens (`with_overrides`) derives it again.
+            self.reward.__pydantic_fields_set__.discard("max_len")
+        elif self.reward.max_len != self.curate.sampling.max_tokens:
             raise ValueError(
                 f"reward.max_len ({self.reward.max_len}) must equal curate.sampling.max_tokens "
                 f"({self.curate.sampling.max_tokens}): L_max is the teacher's generation limit"
@@ -433,8 +474,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
     """A validated copy of `cfg` with `{"dotted.key": value}` changes, checked as a loaded config is:
-    `with_overrides(cfg, {"train.mode": "sft"})`. Raises ConfigError naming the field at fault."""
+    `with_overrides(cfg, {"train.method": "sft"})`. Raises ConfigError naming the field at fault."""
     tree = cfg.model_dump()
+    if "max_len" not in cfg.reward.model_fields_set:
+        del tree["reward"]["max_len"]  # derived from curate.sampling.max_tokens: derived again
     for key, value in overrides.items():
         _set_dotted(tree, key, value)
     return _validated(tree)

@@ -117,7 +117,7 @@ def _cost(tokens: int, wall: float, resources: ResourcesConfig, cluster_gpus: in
 @dataclass(frozen=True)
 class Training:
     name: str  # train-NAME folder, model key in the report
-    mode: str  # train.mode (a training method)
+    method: str  # train.method (a training method)
     student: str
 
 
@@ -137,16 +137,14 @@ def trainings(cfg: ExperimentConfig) -> list[Training]:
 
 
 def training_overrides(cfg: ExperimentConfig, run: Training) -> dict[str, Any]:
-    """The config changes a training of the run makes: its method, and the SFT rate for SFT."""
-    changes: dict[str, Any] = {"train.mode": run.mode}
-    if run.mode == "sft" and cfg.sft_lr is not None:
-        changes["train.lr"] = cfg.sft_lr
-    return changes
+    """The config changes a training of the run makes: its method (which also picks its learning
+    rate, `train.method_lr`, as ray_jobs/train.py does)."""
+    return {"train.method": run.method}
 
 
 def evaluated_models(cfg: ExperimentConfig, layout: RunLayout, runs: list[Training]) -> dict[str, Evaluated]:
     k = cfg.prompt.few_shot
-    models = {"teacher": Evaluated(cfg.teacher, k, endpoint=cfg.curate.engine.engine == "openai"),
+    models = {"teacher": Evaluated(cfg.teacher, k, endpoint=cfg.curate.engine.backend == "openai"),
               "base": Evaluated(cfg.student, k)}
     models.update({f"base@{model_slug(s)}": Evaluated(s, k) for s in cfg.extra_sft_students})
     models.update({t.name: Evaluated(str(layout.train(t.name).final), 0) for t in reversed(runs)})
@@ -259,7 +257,7 @@ def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str]
                  manifest: RunManifest | None = None) -> None:
     """Serve the run's checkpoints behind the evaluation API until interrupted: the local model
     folders of a local run; the trained models of a run on a URI, each replica fetching its
-    model to its own node (`storage.local_model`). Replicas ask for `serve.custom` resources."""
+    model to its own node (`storage.local_model`). Replicas ask for `serve.custom_resources`."""
     import os
     import tempfile
 
@@ -270,8 +268,8 @@ def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str]
 
     # A GPU per model where the cluster has them; tiny CPU models share the cores.
     options: dict[str, Any] = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) else {"num_cpus": 0.5}
-    if cfg.serve.custom:
-        options["resources"] = dict(cfg.serve.custom)
+    if cfg.serve.custom_resources:
+        options["resources"] = dict(cfg.serve.custom_resources)
     if is_uri(layout.root):
         root = str(layout.root)
         relative = {name: p[len(root) + 1:] for name, p in paths.items() if is_uri(p) and p.startswith(root + "/")}

@@ -74,7 +74,7 @@ class CuratedGroup(ScoredGroup):
 
     teacher: str
     sampling: str  # JSON of the curate.sampling settings
-    # What a teacher behind an endpoint (`engine: openai`) was asked for this group, as the server
+    # What a teacher behind an endpoint (`backend: openai`) was asked for this group, as the server
     # counted it: requests sent (the client's retries included) and the prompt and completion
     # tokens of their `usage`. None where the teacher is local (accelerator-hours account for it).
     # Optional in a row (`to_arrow` fills None): groups built without a teacher, older shards.

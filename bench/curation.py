@@ -44,7 +44,7 @@ def config(args):
     if args.dummy_weights:
         overrides.append("curate.engine.load_format=dummy")
     if args.max_tokens:
-        overrides += [f"curate.sampling.max_tokens={args.max_tokens}", f"reward.max_len={args.max_tokens}"]
+        overrides += [f"curate.sampling.max_tokens={args.max_tokens}"]  # reward.max_len follows it
     return load_config(args.config, overrides)
 
 

@@ -82,13 +82,13 @@ def main() -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     runs = {}
     for mode, packed in SIDES:
-        cfg = with_overrides(base, {"train.mode": mode, "train.shared_prefix_packing": packed})
+        cfg = with_overrides(base, {"train.method": mode, "train.shared_prefix_packing": packed})
         groups = [g for g in (tokenize_group(r, tokenizer, cfg) for r in rows) if g["keep"]]
         torch.manual_seed(cfg.train.seed)
         lm = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
         model = ResponseLogProbs(lm, chunk_size=cfg.train.loss.chunk_size,
                                  packed_attention=packed_attention(cfg, "cpu")).train()
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.learning_rate)
         runs[(mode, packed)] = {"cfg": cfg, "groups": groups, "model": model, "optimizer": optimizer,
                                 "seconds": 0.0, "tokens": 0, "steps": 0, "step_seconds": []}
 

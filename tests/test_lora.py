@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from advdistill.config import DatasetConfig, with_overrides
 from advdistill.train.collate import tokenize_group
 from advdistill.train.lora import ADAPTER
-from advdistill.train.loop import loss_terms, make_batch
+from advdistill.train.loop import FAIL_AT_STEP_ENV, loss_terms, make_batch
 from advdistill.train.model import ResponseLogProbs
 from advdistill.train.trainer import groups_folder, train
 
@@ -96,9 +96,10 @@ def test_merged_export_has_the_adapter_models_log_probs(lora_run, groups, tiny_c
     assert losses["adapter"] == pytest.approx(losses["merged"], rel=1e-5, abs=1e-6)
 
 
-def test_a_resumed_lora_run_ends_with_the_same_parameters(lora_run, groups, tmp_path):
+def test_a_resumed_lora_run_ends_with_the_same_parameters(lora_run, groups, tmp_path, monkeypatch):
     reference, _, cfg = lora_run
-    metrics = train(with_overrides(cfg, {"train.fail_at_step": 3}), groups, tmp_path)
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    metrics = train(cfg, groups, tmp_path)
     assert metrics["step"] == 4
     resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
     uninterrupted = AutoModelForCausalLM.from_pretrained(reference / "final").state_dict()

@@ -1,4 +1,4 @@
-"""The training-method registry: `train.mode` selects which responses a group trains on and the
+"""The training-method registry: `train.method` selects which responses a group trains on and the
 loss on them; collation and the loop only ask the method. A toy method registered here —
 rejection-sampling fine-tuning, cross-entropy on every correct response — is one entry."""
 
@@ -39,7 +39,7 @@ def rft():
 
 
 def test_a_registered_method_selects_and_trains(rft, tiny_cfg, tiny_tokenizer):
-    cfg = with_overrides(tiny_cfg, {"train.mode": "rft"})
+    cfg = with_overrides(tiny_cfg, {"train.method": "rft"})
     row = group([WRONG, RIGHT, WRONG, RIGHT])
     tokenised = tokenize_group(row, tiny_tokenizer, cfg)
     assert len(tokenised["response_ids"]) == 2 and tokenised["correct"] == [True, True]
@@ -57,7 +57,7 @@ def test_the_built_in_methods(tiny_cfg, tiny_tokenizer):
     assert method_names() == ("advdistill", "sft")
     row = group([WRONG, RIGHT, WRONG, RIGHT])
     every = tokenize_group(row, tiny_tokenizer, tiny_cfg)
-    best = tokenize_group(row, tiny_tokenizer, with_overrides(tiny_cfg, {"train.mode": "sft"}))
+    best = tokenize_group(row, tiny_tokenizer, with_overrides(tiny_cfg, {"train.method": "sft"}))
     assert len(every["response_ids"]) == 4 and len(best["response_ids"]) == 1 and best["correct"] == [True]
     assert get_method("advdistill").terms == ("loss", "weighted_ce", "contrastive", "weight_entropy")
     assert get_method("sft").terms == ("loss",)  # no made-up zero terms
@@ -65,6 +65,6 @@ def test_the_built_in_methods(tiny_cfg, tiny_tokenizer):
 
 def test_unknown_methods_are_config_errors():
     with pytest.raises(ConfigError, match="unknown training method 'rl'"):
-        load_config(None, ["train.mode=rl"])
+        load_config(None, ["train.method=rl"])
     with pytest.raises(ValueError, match="already registered"):
         register_method(get_method("sft"))

@@ -1,8 +1,8 @@
 """The whole method on a real multi-node Ray cluster on this machine (issue 14, item 3): a head and
 two worker nodes started with `ray start` (three raylets, three object stores), each declaring
 one custom resource — `inference` (worker A), `train` (worker B), `serve` (the head) — and a run
-whose stages ask for them (`curate/eval.resources.custom`, `train.resources.custom`,
-`serve.custom`), so the generation actors, the Ray Train workers and the Serve replicas must land
+whose stages ask for them (`curate/eval.resources.custom_resources`, `train.resources.custom_resources`,
+`serve.custom_resources`), so the generation actors, the Ray Train workers and the Serve replicas must land
 on three different nodes. `distill.py --serve` is submitted as a job with `--working-dir .`
 (the code reaches every node through the job's runtime environment, as on a cloud cluster).
 
@@ -37,9 +37,9 @@ SHORT = [
     f"curate.dataset.limit={PROMPTS}", "train.epochs=1", "train.groups_per_step=4", "train.checkpoint_every=1000",
     "train.val_every=1000", "eval.test.limit=6", "eval.ood=[]", "sft_baseline=false",
 ]
-PLACED = ["curate.resources.custom={inference: 1}", "eval.resources.custom={inference: 1}",
-          "train.resources.custom={train: 1}", "train.num_workers=2", "train.resources.cpus_per_worker=1",
-          "serve.custom={serve: 1}",
+PLACED = ["curate.resources.custom_resources={inference: 1}", "eval.resources.custom_resources={inference: 1}",
+          "train.resources.custom_resources={train: 1}", "train.num_workers=2", "train.resources.cpus_per_worker=1",
+          "serve.custom_resources={serve: 1}",
           "serve.port={port}"]
 STAGES = ["curate", "train-advdistill", "eval-teacher", "eval-base", "eval-advdistill"]
 MODELS = ["advdistill", "base", "teacher"]

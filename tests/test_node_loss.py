@@ -39,8 +39,8 @@ OVERRIDES = [
     # 4 epochs of ~23 steps, a checkpoint every 3: node B is frozen at the first checkpoint seen
     "train.epochs=4", "train.groups_per_step=2", "train.checkpoint_every=3", "train.val_every=1000",
     "train.max_failures=2", "eval.test.limit=6", "eval.ood=[]", "sft_baseline=false",
-    "curate.resources.custom={inference: 1}", "eval.resources.custom={inference: 1}",
-    "train.resources.custom={train: 1}", "train.num_workers=1", "train.resources.cpus_per_worker=1",
+    "curate.resources.custom_resources={inference: 1}", "eval.resources.custom_resources={inference: 1}",
+    "train.resources.custom_resources={train: 1}", "train.num_workers=1", "train.resources.cpus_per_worker=1",
 ]
 
 

@@ -23,6 +23,7 @@ from advdistill import storage
 from advdistill.curate.store import CurateOutput, read_shards, shard_name, write_scored_batch, write_shard
 from advdistill.schema import CuratedGroup, arrow_schema
 from advdistill.storage import Location, location
+from advdistill.train.loop import FAIL_AT_STEP_ENV
 
 from conftest import REPO, TINY_STUDENT, free_port
 from groups_fixture import write_groups
@@ -315,7 +316,7 @@ def test_training_checkpoints_resumes_and_exports_on_s3(ray_cluster, root, tmp_p
     out = root / "train-advdistill"
     # 8 groups, 2 per step, one epoch: 4 steps on 2 workers, a checkpoint every 2.
     overrides = ["train.epochs=1", "train.groups_per_step=2", "train.num_workers=2", "train.resources.cpus_per_worker=1",
-                 "train.val_fraction=0.0", "train.checkpoint_every=2", "train.report_every=1", "train.fail_at_step=3"]
+                 "train.val_fraction=0.0", "train.checkpoint_every=2", "train.report_every=1"]
     entrypoint = " ".join([sys.executable, str(REPO / "ray_jobs" / "train.py"), "--groups", groups.uri,
                            "--output", out.uri, *(f"--set {o}" for o in overrides)])
     credentials = {key: os.environ[key] for key in os.environ if key.startswith("AWS_")}  # the s3 fixture's
@@ -323,7 +324,8 @@ def test_training_checkpoints_resumes_and_exports_on_s3(ray_cluster, root, tmp_p
     deadline, job = time.time() + 120, None
     while job is None:  # the head's job agent answers a few seconds after the cluster starts
         try:
-            job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": credentials})
+            job = client.submit_job(entrypoint=entrypoint,
+                                    runtime_env={"env_vars": {**credentials, FAIL_AT_STEP_ENV: "3"}})
         except RuntimeError as error:
             if "No available agent" not in str(error) or time.time() > deadline:
                 raise

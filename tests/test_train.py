@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import ExperimentConfig, with_overrides
 from advdistill.train.collate import tokenize_group
-from advdistill.train.loop import epoch_order, loss_terms, make_batch, packed_attention
+from advdistill.train.loop import FAIL_AT_STEP_ENV, epoch_order, loss_terms, make_batch, packed_attention
 from advdistill.train.model import ResponseLogProbs, param_groups
 from advdistill.train.trainer import groups_folder, train
 
@@ -61,7 +61,7 @@ def test_training_lowers_the_loss(mode, advdistill_run, ray_cluster, groups, tok
     if mode == "advdistill":
         out, metrics, cfg = advdistill_run
     else:
-        out, cfg = tmp_path, train_cfg(tiny_cfg, mode="sft", max_steps=6)
+        out, cfg = tmp_path, train_cfg(tiny_cfg, method="sft", max_steps=6)
         metrics = train(cfg, groups, out)
     assert metrics["step"] == 6 and metrics["mode"] == mode
     assert mean_loss(out / "final", tokenized, cfg) < 0.95 * mean_loss(TINY_STUDENT, tokenized, cfg)
@@ -100,7 +100,7 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
     tokenizer = AutoTokenizer.from_pretrained(TINY_STUDENT)
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
                              chunk_size=cfg.train.loss.chunk_size, packed_attention=packed_attention(cfg, "cpu"))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.learning_rate)
     micro = epoch_order(len(tokenized), 0, cfg.train.seed)[:6]
     total = 0.0
     for index in micro:
@@ -117,13 +117,13 @@ def test_one_fsdp_step_on_two_workers_equals_one_plain_step(ray_cluster, groups,
     # some updates differ, so equality is judged at 1% of the step.
     stepped = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).state_dict()
     for name, value in model.lm.state_dict().items():
-        torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.lr, msg=name)
+        torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.learning_rate, msg=name)
 
 
-def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_cluster, groups, tmp_path):
+def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_cluster, groups, tmp_path, monkeypatch):
     reference, _, cfg = advdistill_run
-    failing = with_overrides(cfg, {"train.fail_at_step": 5})
-    metrics = train(failing, groups, tmp_path)
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "5")
+    metrics = train(cfg, groups, tmp_path)
     assert metrics["step"] == 6
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 7))  # no step twice, none lost
     starts = [m["resumed_from"] for m in read_metrics(tmp_path)]  # where each step's worker group began
@@ -181,7 +181,7 @@ def test_an_epoch_with_an_odd_last_step_on_two_workers_equals_plain_training(ray
     model = ResponseLogProbs(AutoModelForCausalLM.from_pretrained(TINY_STUDENT, dtype=torch.float32),
                              chunk_size=cfg.train.loss.chunk_size,
                              packed_attention=packed_attention(cfg, "cpu"))  # the workers' backend
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 0, 5)
     order = epoch_order(len(kept), 0, cfg.train.seed)
     for step in range(5):
@@ -200,4 +200,4 @@ def test_an_epoch_with_an_odd_last_step_on_two_workers_equals_plain_training(ray
     stepped = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).state_dict()
     # As in the one-step test: equal within 1% of one Adam step (measured: 0.3% after 7 steps of 3 groups).
     for name, value in model.lm.state_dict().items():
-        torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.lr, msg=name)
+        torch.testing.assert_close(stepped[name], value, rtol=0, atol=0.01 * cfg.train.learning_rate, msg=name)

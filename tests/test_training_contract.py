@@ -53,7 +53,7 @@ def test_three_response_ablation_drops_groups_whose_first_three_are_wrong(tiny_c
     row = group_row([WRONG, WRONG, WRONG, RIGHT] + [WRONG] * 4)
     assert row["keep"]  # kept at curation: one of the 8 is right
     for mode in ("advdistill", "sft"):
-        cfg = with_train(tiny_cfg, responses_per_group=3, mode=mode)
+        cfg = with_train(tiny_cfg, responses_per_group=3, method=mode)
         assert select_responses(row, cfg)["keep"] is False
         assert tokenize_group(row, tiny_tokenizer, cfg)["keep"] is False
     assert select_responses(row, with_train(tiny_cfg, responses_per_group=4))["keep"] is True
@@ -87,7 +87,7 @@ def test_a_response_cut_at_the_teachers_limit_gets_no_end_token(tiny_cfg, base_l
 
 def test_sft_target_keeps_its_finish_reason(tiny_cfg, tiny_tokenizer):
     row = group_row([WRONG, RIGHT], finish_reasons=["length", "stop"])
-    group = tokenize_group(row, tiny_tokenizer, with_train(tiny_cfg, mode="sft"))
+    group = tokenize_group(row, tiny_tokenizer, with_train(tiny_cfg, method="sft"))
     assert len(group["response_ids"]) == 1 and group["response_ids"][0][-1] == tiny_tokenizer.eos_token_id
 
 
@@ -195,17 +195,18 @@ def test_training_result_states_the_contract(tiny_cfg):
         "train_groups": 2, "val_groups": 1, "val_fraction": 0.25, "groups_per_step": 4, "responses_per_group": 3,
         "dropped_groups": 1, "max_seq_len": 300, "truncated_responses": 2, "truncated_groups": 1,
         "val_truncated_responses": 1, "val_truncated_groups": 1, "skipped_groups": 0, "skipped": [],
-        "lr": cfg.train.lr, "epochs": cfg.train.epochs,
+        "lr": cfg.train.learning_rate, "epochs": cfg.train.epochs,
         "optimizer": f"AdamW, weight decay {cfg.train.weight_decay:g}, warm-up {cfg.train.warmup_ratio:g}, cosine"}
 
 
 def test_distill_trains_sft_at_its_own_rate(tiny_cfg):
-    """`sft_lr` sets the SFT trainings' rate (each method's chosen on val); AdvDistill keeps train.lr."""
+    """`train.method_lr` sets the SFT trainings' rate (each method's chosen on val); AdvDistill keeps train.lr."""
     from advdistill.config import with_overrides
     from advdistill.pipeline import trainings, training_overrides
 
-    cfg = with_overrides(tiny_cfg, {"train.lr": 3e-4, "sft_lr": 1e-3, "extra_sft_students": ["models/tiny-teacher"]})
-    rates = {run.name: with_overrides(cfg, training_overrides(cfg, run)).train.lr for run in trainings(cfg)}
+    cfg = with_overrides(tiny_cfg, {"train.lr": 3e-4, "train.method_lr": {"sft": 1e-3},
+                                    "extra_sft_students": ["models/tiny-teacher"]})
+    rates = {run.name: with_overrides(cfg, training_overrides(cfg, run)).train.learning_rate for run in trainings(cfg)}
     assert rates == {"advdistill": 3e-4, "sft": 1e-3, "sft@tiny-teacher": 1e-3}
-    same = with_overrides(cfg, {"sft_lr": None})
-    assert {with_overrides(same, training_overrides(same, run)).train.lr for run in trainings(same)} == {3e-4}
+    same = with_overrides(cfg, {"train.method_lr": {}})
+    assert {with_overrides(same, training_overrides(same, run)).train.learning_rate for run in trainings(same)} == {3e-4}

@@ -167,13 +167,13 @@ def summarize(out: CurateOutput, cfg: ExperimentConfig, total: int, quarantined:
 
 
 def endpoint_costs(cfg: ExperimentConfig, tables: list[Any]) -> dict[str, Any]:
-    """For a teacher behind an endpoint (`engine: openai`): what it was asked, instead of
+    """For a teacher behind an endpoint (`backend: openai`): what it was asked, instead of
     accelerator-hours (it computes on someone else's accelerators), summed over the written
     groups' own counts: `requests` sent (the client's retries of failed attempts included),
     `prompt_tokens` and `completion_tokens` as the server counted them (`usage`), and
     `groups_counted`, the groups that carry counts (groups written without them count none)."""
     engine = cfg.curate.engine
-    if engine.engine != "openai":
+    if engine.backend != "openai":
         return {}
 
     def total(name: str) -> int:

@@ -19,9 +19,9 @@ def make_engine(model: str, cfg: EngineConfig | None = None, seed: int = 0) -> E
     """The configured engine; `auto` = vLLM where it is installed, else transformers; `openai` =
     the server of `cfg.endpoint` (`generation.endpoint`; `model` then names the teacher's tokenizer)."""
     cfg = cfg or EngineConfig()
-    if cfg.engine != "openai":  # an endpoint teacher's weights stay on its server
+    if cfg.backend != "openai":  # an endpoint teacher's weights stay on its server
         model = local_model(model)  # a folder on a URI (a run's final/ on S3) is fetched to this node first
-    kind = cfg.engine
+    kind = cfg.backend
     if kind == "auto":
         kind = "vllm" if vllm_available() else "transformers"
     if kind == "openai":

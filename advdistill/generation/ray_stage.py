@@ -116,7 +116,7 @@ def actor_pool(resources: ResourcesConfig, engine: EngineConfig) -> tuple[dict[s
 
     cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = resources.use_gpu if resources.use_gpu is not None else cluster_gpus > 0
-    if engine.engine == "openai":  # the teacher computes on its server: the actor only sends requests
+    if engine.backend == "openai":  # the teacher computes on its server: the actor only sends requests
         use_gpu = False
     tp = engine.tensor_parallel_size
     if use_gpu:
@@ -125,9 +125,9 @@ def actor_pool(resources: ResourcesConfig, engine: EngineConfig) -> tuple[dict[s
     else:
         args = {"num_cpus": resources.cpus_per_worker}
         default_max = 1  # on CPU a second engine competes for the same cores (FIELD-NOTES)
-    if resources.custom:  # only on the nodes (node types) that declare them
-        args["resources"] = dict(resources.custom)
-    key_env = engine.endpoint.api_key_env if engine.engine == "openai" else None
+    if resources.custom_resources:  # only on the nodes (node types) that declare them
+        args["resources"] = dict(resources.custom_resources)
+    key_env = engine.endpoint.api_key_env if engine.backend == "openai" else None
     if key_env and os.environ.get(key_env):
         # The key the driver was given reaches its generation actors (Ray workers do not inherit
         # the driver's environment), by name, never through the config.
@@ -141,7 +141,7 @@ def engine_concurrency(engine: EngineConfig) -> dict[str, Any]:
     (their `StepLoop` admits each call's prompts into the running engine), as do endpoint engines
     (their requests share one bounded pool); the transformers engine one, as its sampling seeds
     torch's global generator."""
-    kind = engine.engine if engine.engine != "auto" else ("vllm" if vllm_available() else "transformers")
+    kind = engine.backend if engine.backend != "auto" else ("vllm" if vllm_available() else "transformers")
     if kind not in ("vllm", "openai") or engine.concurrent_batches == 1:
         return {}
     return {"max_concurrent_calls_per_actor": engine.concurrent_batches, "enable_true_multi_threading": True}

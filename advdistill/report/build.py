@@ -168,7 +168,7 @@ def write_report(run: str | Path) -> Path:
                      "`train.groups_per_step` groups whatever the number of workers; an epoch's last step takes the "
                      "remainder, so no group is skipped. Every method trains on the same kept groups with the same "
                      "optimizer and epochs; the learning rate may differ, each method's chosen on the validation split "
-                     "(`train.lr`, and `sft_lr` for SFT; bench/fidelity.py), never on test or OOD.",
+                     "(`train.lr`, or the method's own in `train.method_lr`; bench/fidelity.py), never on test or OOD.",
                      training_table(trainings)]
     sections += ["## Cost per stage", cost_table(manifest.get("stages", {}), manifest.get("accelerator_hour_price"))]
     sections += ["## Figures"] + [f"![{p.stem}]({p.name})" for p in figures]

@@ -53,7 +53,6 @@ def score_group(
     """Score one prompt's K responses: correctness, format, composite reward, advantages, keep.
 
     A response truncated at the token limit is incorrect whatever it says (`judge`)."""
-    reward_cfg = reward_cfg or RewardConfig()
     truncated = [reason == TRUNCATED for reason in finish_reasons]
     correct = [judge(text, reason, reference, task).correct for text, reason in zip(responses, finish_reasons)]
     format_ok = [format_reward(text) == 1.0 for text in responses]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from advdistill.config import RewardConfig
+from advdistill.config import RewardConfig, SamplingConfig
 from advdistill.scoring.extract import last_boxed
 
-_DEFAULT = RewardConfig()
+# Without an experiment's config: L_max is the default generation limit, as an ExperimentConfig derives it.
+_DEFAULT = RewardConfig(max_len=SamplingConfig().max_tokens)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
@@ -41,6 +42,8 @@ def cosine_reward(num_tokens: int, correct: bool, truncated: bool = False, cfg: 
     so R_cos = r_start at length 0 and r_end at L_max. A truncated response is incorrect with
     Lc = L_max."""
     cfg = cfg or _DEFAULT
+    if cfg.max_len is None:
+        raise ValueError("reward.max_len is unset: an ExperimentConfig derives it from curate.sampling.max_tokens")
     if truncated:
         correct, length = False, cfg.max_len
     else:

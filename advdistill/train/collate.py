@@ -10,7 +10,7 @@ is counted (`truncated`, `truncated_responses`); a group whose prompt alone fill
 is skipped — `keep` False, `skipped` its reason, counted in the training result — rather than
 stopping the run. `responses_per_group` K' < K keeps the first K'
 responses, recomputes their advantages and applies the keep rule again (SPEC §5: a group whose
-first K' responses are all incorrect is dropped); then the training method (`train.mode`,
+first K' responses are all incorrect is dropped); then the training method (`train.method`,
 `advdistill.methods`) picks the responses it trains on. A fixed share of the groups, by a
 hash of their id, is held out for validation (`val`).
 """
@@ -44,7 +44,7 @@ def select_responses(row: CuratedGroup, cfg: ExperimentConfig) -> dict[str, Any]
         advantages = group_advantages(rewards, cfg.advantage).tolist()
     candidates = {"responses": responses, "advantages": advantages, "correct": correct, "finish_reasons": finish_reasons,
                   "token_lengths": lengths}
-    chosen = get_method(cfg.train.mode).select(candidates)
+    chosen = get_method(cfg.train.method).select(candidates)
     selected = {key: [candidates[key][i] for i in chosen] for key in ("responses", "advantages", "correct", "finish_reasons")}
     return {**selected, "keep": keep_group(correct)}
 

@@ -13,11 +13,18 @@ same micro-batches as an uninterrupted one.
 No worker holds the table: each reads its streaming-split shard of the epoch's dataset (rows in
 epoch order, `pos` their position; `train.ingest`), and `StepReader` assembles each step's
 groups from all the shards with one all-reduce and one all-gather of that step's rows.
+
+Fault injection, for tests only (recovery from checkpoints; not a config field): with
+`ADVDISTILL_FAIL_AT_STEP=N` in the environment of the process that calls `trainer.train`, every
+worker raises `InjectedFailure` once, at optimizer step N of an attempt that did not resume. The
+driver reads it (`injected_failure_step`) and hands it to the workers in the loop config, since a
+Ray worker's environment is its cluster's, not the driver's.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import tempfile
 import time
@@ -45,8 +52,21 @@ def epoch_dataset_name(epoch: int) -> str:
     return f"train-{epoch}"
 
 
+FAIL_AT_STEP_ENV = "ADVDISTILL_FAIL_AT_STEP"
+
+
 class InjectedFailure(RuntimeError):
-    """Raised by `train.fail_at_step` to exercise recovery from checkpoints."""
+    """Raised at the step `ADVDISTILL_FAIL_AT_STEP` names, to exercise recovery from checkpoints."""
+
+
+def injected_failure_step() -> int | None:
+    """The step `ADVDISTILL_FAIL_AT_STEP` names (tests' fault injection), or None."""
+    value = os.environ.get(FAIL_AT_STEP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{FAIL_AT_STEP_ENV} must be a step number >= 1, got {value!r}")
+    return int(value)
 
 
 def epoch_order(n_groups: int, epoch: int, seed: int) -> list[int]:
@@ -90,7 +110,7 @@ def packed_attention(cfg: ExperimentConfig, device_type: str) -> str:
 def loss_terms(model: ResponseLogProbs, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     """The training method's terms on one group (`advdistill.methods`); "loss" is minimised."""
     logprobs, mask = model(**model_inputs(batch))
-    return get_method(cfg.train.mode).loss(logprobs, mask, batch, cfg.train.loss)
+    return get_method(cfg.train.method).loss(logprobs, mask, batch, cfg.train.loss)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -161,7 +181,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     cfg = ExperimentConfig.model_validate(loop_config["cfg"])
     student: str = loop_config["student"]
     tc = cfg.train
-    terms = get_method(tc.mode).terms  # what each step reports, "loss" first
+    terms = get_method(tc.method).terms  # what each step reports, "loss" first
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -187,7 +207,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = ResponseLogProbs(lm, chunk_size=tc.loss.chunk_size, packed_attention=packed_attention(cfg, device.type))
     model = shard_fsdp2(model.to(device), device.type, world, bf16=tc.bf16 and on_gpu)
     model.train()  # from_pretrained returns eval mode, where transformers skips activation checkpointing
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tc.warmup_ratio * total_steps), total_steps)
     pad_id = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
 
@@ -271,8 +291,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 # after a lost worker or node says where the restarted group picked up
                 "resumed_from": resumed_from,
             }
-            if tc.fail_at_step == global_step and not resumed:
-                raise InjectedFailure(f"injected failure at step {global_step} (train.fail_at_step)")
+            if loop_config.get("fail_at_step") == global_step and not resumed:
+                raise InjectedFailure(f"injected failure at step {global_step} ({FAIL_AT_STEP_ENV})")
             epoch_end = step_in_epoch == n_steps_epoch - 1 or global_step >= total_steps
             if n_val and (global_step % tc.val_every == 0 or epoch_end):
                 val_loss = _validate(model, ray.train.get_dataset_shard(VAL_DATASET), groups[0], cfg, device, pad_id)

@@ -34,7 +34,7 @@ from advdistill.curate.store import CurateOutput, shard_files
 from advdistill.schema import TokenisedGroup, arrow_schema, from_arrow, to_arrow
 from advdistill.storage import PathLike, copy_tree, filesystem, local_model, location, resolved
 from advdistill.train.collate import student_end_of_turn_id, tokenize_group
-from advdistill.train.loop import HF_EXPORT, METRICS_FILE, VAL_DATASET, train_loop
+from advdistill.train.loop import HF_EXPORT, METRICS_FILE, VAL_DATASET, injected_failure_step, train_loop
 
 
 class TrainOutput:
@@ -110,7 +110,7 @@ def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dic
         "train_groups": len(train), "val_groups": len(val), "val_fraction": tc.val_fraction,
         "groups_per_step": tc.groups_per_step, "responses_per_group": tc.responses_per_group,
         # the optimizer's settings, so the report can show that compared runs had the same ones
-        "lr": tc.lr, "epochs": tc.epochs, "optimizer": f"AdamW, weight decay {tc.weight_decay:g}, "
+        "lr": tc.learning_rate, "epochs": tc.epochs, "optimizer": f"AdamW, weight decay {tc.weight_decay:g}, "
                                                      f"warm-up {tc.warmup_ratio:g}, cosine",
         "dropped_groups": sum(not f["keep"] and not f.get("skipped") for f in flags), "max_seq_len": tc.max_seq_len,
         # groups not trained on at all (the prompt alone fills max_seq_len), with their reasons
@@ -160,7 +160,7 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
                               tc.seed)
     dropped = (f", {data['dropped_groups']} dropped (no correct response in the first {tc.responses_per_group})"
                if tc.responses_per_group is not None else "")
-    print(f"[train] {tc.mode}: {data['train_groups']} training groups, {data['val_groups']} validation groups "
+    print(f"[train] {tc.method}: {data['train_groups']} training groups, {data['val_groups']} validation groups "
           f"(val_fraction {tc.val_fraction}){dropped}; {tc.groups_per_step} groups per optimizer step; "
           f"{data['truncated_responses']} training responses cut at max_seq_len {tc.max_seq_len}; student {student}",
           flush=True)
@@ -174,10 +174,10 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "student": student,
                            "train_groups": data["train_groups"], "val_groups": data["val_groups"],
-                           "step_logger": step_logger},
+                           "step_logger": step_logger, "fail_at_step": injected_failure_step()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": res.cpus_per_worker, **res.custom},
+            resources_per_worker={"CPU": res.cpus_per_worker, **res.custom_resources},
         ),
         run_config=ray.train.RunConfig(
             # A local folder or a URI (s3://…): Ray Train writes checkpoints there from every worker.
@@ -202,6 +202,6 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
         out.metrics.write_bytes(stream.read())
     # The last step's figures, less its per-step counts: the run's totals replace them.
     metrics = {k: v for k, v in (result.metrics or {}).items() if k not in ("groups", "truncated_responses")}
-    metrics.update({**data, "mode": cfg.train.mode, "student": student})
+    metrics.update({**data, "mode": cfg.train.method, "student": student})
     out.result.write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
