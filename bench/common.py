@@ -5,6 +5,7 @@ noisy: ratios of medians, never a single absolute time)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -66,3 +67,13 @@ def git_revision() -> str:
 
 def header(title: str, command: str) -> None:
     print(f"## {title}\n\nMachine: {machine()}; revision {git_revision()}.\nCommand: `{command}`\n")
+
+
+def write_json(path: str | Path, value: object) -> None:
+    """Write `value` as JSON to `path` through a temporary file and a rename, so a reader (or a
+    run killed mid-write) never sees half a file: GPU runs rewrite their results as they go."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    tmp.replace(path)
+

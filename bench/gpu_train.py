@@ -21,7 +21,10 @@ forward + backward + AdamW step):
 
 Printed per configuration: response tokens/s (the trained tokens: the same for every
 configuration), the ratio to the baseline's tokens/s (goal >= 1.5x at equal or lower peak memory),
-model FLOPs utilisation and peak memory (`torch.cuda.max_memory_allocated`).
+model FLOPs utilisation and peak memory (`torch.cuda.max_memory_allocated`). The baselines run
+first; every other row is printed, and `--json` rewritten, as soon as its configuration finishes,
+and a configuration that fails in any way (out of memory, a FlexAttention compile error) is a row
+saying so, not the end of the run (`bench/gpu_slot.sh` part 4 runs a subset under a time limit).
 
 MFU = F / (step seconds x peak FLOP/s), with F the FLOPs the step needs at the least, i.e. those of
 the packed computation, whatever the configuration did (so MFU is comparable across them, and
@@ -45,13 +48,14 @@ import json
 import math
 import statistics
 import time
+import traceback
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from common import header  # also puts the repository on sys.path
+from common import header, write_json  # also puts the repository on sys.path
 
 from advdistill.loss import IGNORE_INDEX, advdistill_loss
 from advdistill.train.attention import flex_available, use_packed_attention
@@ -172,6 +176,7 @@ def measure(setup: Setup, lm: Qwen2ForCausalLM, batches: dict, optimizer, device
         lm.gradient_checkpointing_disable()
     model = ResponseLogProbs(lm, chunk_size=chunk_size, packed_attention=setup.attention).train()
     batch = batches[setup.layout]
+    failure = None
     try:
         start = time.perf_counter()
         step(setup, model, batch, optimizer)  # warm-up (FlexAttention compiles here)
@@ -187,16 +192,33 @@ def measure(setup: Setup, lm: Qwen2ForCausalLM, batches: dict, optimizer, device
             sync(device)
             times.append(time.perf_counter() - start)
     except torch.OutOfMemoryError:
-        out_of_memory = True  # freed below, once the exception (and the frames it holds) is gone
-    else:
-        out_of_memory = False
-    if out_of_memory:
+        failure = {"skipped": "out of memory"}  # freed below, once the exception (and its frames) is gone
+    except Exception as err:  # noqa: BLE001 - any failure is this configuration's row, not the run's end
+        traceback.print_exc()
+        failure = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
+    if failure is not None:
         optimizer.zero_grad(set_to_none=True)
         gc.collect()
-        torch.cuda.empty_cache()
-        return {"skipped": "out of memory"}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if "error" in failure:
+            torch._dynamo.reset()  # a failed compile leaves no half-built state to the next configuration
+        return failure
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"seconds": statistics.median(times), "first_step_seconds": first, "peak_bytes": peak}
+
+
+def table_row(name: str, r: dict, base: dict) -> str:
+    """One configuration's row of the printed table (and of bench/gpu_slot.sh's gpu-slot.md)."""
+    if "skipped" in r or "error" in r:
+        why = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['error']}"
+        return f"| {name} | — | — | — | — | {why.replace('|', '/')} |"
+    mem = f"{r['peak_bytes'] / 2**30:.1f} GiB" if r["peak_bytes"] is not None else "n/a (CPU)"
+    if r["peak_bytes"] is not None and base.get("peak_bytes"):
+        mem += f" ({r['peak_bytes'] / base['peak_bytes']:.2f}x)"
+    vs = f"{r['vs_baseline']:.2f}x" if r.get("vs_baseline") else "—"
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    return f"| {name} | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | {vs} | {mfu} | {mem} |"
 
 
 def main() -> None:
@@ -211,6 +233,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="torch threads on CPU (1: the smoke run should not wait on a busy machine's cores)")
+    parser.add_argument("--json", help="also write the results here, rewritten after every configuration")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -222,7 +245,8 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     config = Qwen2Config(**shape)
-    lm = Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised where it runs: a 1.5B model's random init takes half a minute on CPU
+        lm = Qwen2ForCausalLM(config).to(dtype)
     use_packed_attention(lm)  # one model for every configuration: SDPA for the dense/separate ones
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-6, weight_decay=0.01)
     group = make_group(args.k, prompt, low, high, config.vocab_size, args.seed)
@@ -239,38 +263,49 @@ def main() -> None:
           f"F = {flops / 1e12:.2f} TFLOP per step; peak {'%.0f TFLOP/s' % (peak / 1e12) if peak else 'unknown (no MFU)'}")
     print(f"Median of {args.repeats} steps after one warm-up; ratio = tokens/s / the baseline's\n")
 
-    results = {}
-    for setup in setups(device):
-        if args.only and not any(part in setup.name for part in args.only.split(",")):
-            continue
+    selected = [s for s in setups(device) if not args.only or any(part in s.name for part in args.only.split(","))]
+    results: dict[str, dict] = {}
+    summary = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "flops_per_step": flops, "peak_flops": peak, "scored_tokens": scored, "results": results}
+    for setup in [s for s in selected if s.baseline]:  # first: every other row's ratio needs them
         results[setup.name] = measure(setup, lm, batches, optimizer, device, args.repeats, args.chunk_size)
+        if args.json:
+            write_json(args.json, summary)
     base_name = next((n for n in ("trl-like baseline AC-off", "trl-like baseline AC-on")
                       if "seconds" in results.get(n, {})), None)
     base = results[base_name] if base_name else {}
+    summary["baseline"] = base_name
     print(f"Baseline for the ratios: {base_name or 'none ran'}\n")
     print("| configuration | step s | response tokens/s | vs baseline | MFU | peak memory |")
     print("|---|---|---|---|---|---|")
-    for name, r in results.items():
-        if "skipped" in r:
-            print(f"| {name} | — | — | — | — | skipped: {r['skipped']} |")
-            continue
-        r["tokens_per_s"] = scored / r["seconds"]
-        r["vs_baseline"] = base["seconds"] / r["seconds"] if "seconds" in base else None
-        r["mfu"] = flops / r["seconds"] / peak if peak else None
-        mem = f"{r['peak_bytes'] / 2**30:.1f} GiB" if r["peak_bytes"] is not None else "n/a (CPU)"
-        if r["peak_bytes"] is not None and base.get("peak_bytes"):
-            mem += f" ({r['peak_bytes'] / base['peak_bytes']:.2f}x)"
-        vs = f"{r['vs_baseline']:.2f}x" if r["vs_baseline"] else "—"
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"| {name} | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | {vs} | {mfu} | {mem} |")
+
+    def finish(name: str) -> None:
+        """Figures and table row of one finished configuration; the JSON so far rewritten."""
+        r = results[name]
+        if "seconds" in r:
+            r["tokens_per_s"] = scored / r["seconds"]
+            r["vs_baseline"] = base["seconds"] / r["seconds"] if "seconds" in base else None
+            r["mfu"] = flops / r["seconds"] / peak if peak else None
+        print(table_row(name, r, base), flush=True)
+        if args.json:
+            write_json(args.json, summary)
+
+    for name in list(results):
+        finish(name)
+    for setup in [s for s in selected if not s.baseline]:
+        results[setup.name] = measure(setup, lm, batches, optimizer, device, args.repeats, args.chunk_size)
+        finish(setup.name)
     best = max((r for r in results.values() if r.get("vs_baseline") and not math.isnan(r["vs_baseline"])
                 and (r["peak_bytes"] is None or not base.get("peak_bytes") or r["peak_bytes"] <= base["peak_bytes"])),
                key=lambda r: r["vs_baseline"], default=None)
     if best is not None:
         name = next(n for n, r in results.items() if r is best)
+        summary["fastest_at_baseline_memory"] = name
         print(f"\n- fastest at equal or lower peak memory than the baseline: {name}, **{best['vs_baseline']:.2f}x** "
               "the baseline's tokens/s (goal >= 1.5x on a GPU)")
-    print("\n" + json.dumps({"device": str(device), "flops_per_step": flops, "peak_flops": peak, "results": results}))
+        if args.json:
+            write_json(args.json, summary)
+    print("\n" + json.dumps(summary))
 
 
 if __name__ == "__main__":

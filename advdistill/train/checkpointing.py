@@ -14,6 +14,7 @@ imports Ray, pydantic, pyarrow or the config (settings arrive as plain values).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -102,15 +103,29 @@ def export_hf(folder: Path, model, lm, tokenizer_source: str, rank: int, dtype: 
 
         export = merged_export(state, lm.config, lora, folder, tokenizer_source).to(dtype)
     else:
-        export = AutoModelForCausalLM.from_config(lm.config, dtype=dtype)
+        export = _uninitialised(AutoModelForCausalLM, lm.config, dtype)
         missing, unexpected = export.load_state_dict(state, strict=False)  # copies, casting to `dtype`
         tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()
         if set(missing) - tied or unexpected:
             raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
+        if tied:  # built without initialisation, the head is not tied yet: tie it (one tensor saved)
+            export.get_output_embeddings().weight = export.get_input_embeddings().weight
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     export.generation_config = with_end_of_turn_stops(lm.generation_config, tokenizer)
     export.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def _uninitialised(model_class, config, dtype: torch.dtype):
+    """`model_class.from_config` with its weights left uninitialised, since every one is loaded
+    next: transformers' random initialisation of a 1.5B model takes 34 s on 2 CPU cores, this
+    0.4 s. Initialised as usual where this transformers has no `no_init_weights`."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        return model_class.from_config(config, dtype=dtype)
 
 
 def with_end_of_turn_stops(generation_config, tokenizer):
