@@ -1,16 +1,11 @@
 """What every entry point shares: `--config`, repeated `--set dotted.key=value`, a `--help` that
-lists every config field (key, type, default, description), checking output folders before Ray
-starts (`check_output_dir`: a one-line error, not a traceback after Ray's start-up), and
-connecting to Ray (the job's cluster, or a local one that ends with the driver, `kill -9`
-included: `advdistill/reaper.py`)."""
+lists every config field (key, type, default, description), and checking input and output paths
+before Ray starts (`check_output_dir`: a one-line error, not a traceback after Ray's start-up).
+Connecting to Ray is `advdistill.local_ray.init_ray`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,17 +14,9 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 
 from advdistill.config import REPO, ConfigError, ExperimentConfig, load_config, with_overrides
-from advdistill.reaper import RUN_MARKER
 from advdistill.storage import is_uri, location
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
-
-# Ray settings the stages rely on (FIELD-NOTES): Ray Train V2 otherwise blocks ~2 s in every
-# `ray.train.report`, and repeats every worker print twice.
-RAY_ENV_DEFAULTS = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-}
 
 
 def config_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
@@ -121,40 +108,3 @@ def check_input_path(path: str | Path, what: str) -> Path | str:
         raise SystemExit(f"error: {what} {path} does not exist")
     return loc
 
-
-def _start_reaper() -> None:
-    """Mark this driver's local cluster (every process it starts inherits the environment) and
-    start `advdistill/reaper.py`, which ends the marked processes once this driver is gone."""
-    run_id = os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)
-    subprocess.Popen([sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), run_id],
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, close_fds=True)
-
-
-def driver_env_vars() -> dict[str, str]:
-    """The RAY_ENV_DEFAULTS for ray.init's runtime env. Inside `ray job submit`, Ray merges the
-    job's runtime env (RAY_JOB_CONFIG_JSON_ENV_VAR) with ray.init's and refuses a key set in both:
-    the job's own settings win, these fill in the rest."""
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-    return {key: os.environ.get(key, value) for key, value in RAY_ENV_DEFAULTS.items() if key not in job_env}
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the job's cluster (`ray job submit` sets RAY_ADDRESS) or start a local one."""
-    import ray  # Ray: not loaded by `--help` and the checks that run before it starts
-
-    if ray.is_initialized():
-        return
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    env = driver_env_vars()
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env} if env else None, "log_to_driver": True}
-    if not os.environ.get("RAY_ADDRESS"):
-        # A local cluster: at least 4 logical CPUs, so that on a 2-core laptop two Train workers,
-        # a generation actor and its scoring tasks, or the served models, fit side by side
-        # (Ray waits silently for CPUs that never free up otherwise).
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus or max(os.cpu_count() or 1, 4))
-        # The local cluster is this driver's: it must not outlive it, even after a SIGKILL.
-        _start_reaper()
-    ray.init(**kwargs)

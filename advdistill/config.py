@@ -158,17 +158,10 @@ class ResourcesConfig(Section):
     use_gpu: bool | None = Field(None, description="None = use GPUs iff the cluster has any")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (an engine on CPU computes with "
                                                         "them)")
-    min_actors: int = Field(1, ge=1, description="actors the generation pool (curate, evaluate) starts with and "
-                                                 "keeps; on an autoscaling cluster, nodes for this many start first")
-    max_actors: int | None = Field(
-        None, ge=1, description="actors the generation pool may grow to (each holds tensor_parallel_size GPUs while "
-                                "it lives). None = on a fixed cluster, one per tensor_parallel_size GPUs present at "
-                                "submit (CPU: 1); on an autoscaling cluster None is an error: the GPUs present at "
-                                "submit say nothing about those the autoscaler can add (README: Cluster)")
-    replaced: ClassVar[Mapping[str, str]] = {
-        "custom": "resources.custom was renamed resources.custom_resources",
-        "min_workers": "resources.min_workers was renamed resources.min_actors (the generation pool's lower bound)",
-        "max_workers": "resources.max_workers was renamed resources.max_actors (the generation pool's upper bound)"}
+    min_workers: int = Field(1, ge=1, description="lower bound of the actor pool (curate, evaluate)")
+    max_workers: int | None = Field(None, description="upper bound of the actor pool; None = the cluster's GPUs "
+                                                      "(CPU: 1)")
+    replaced: ClassVar[Mapping[str, str]] = {"custom": "resources.custom was renamed resources.custom_resources"}
 
     custom_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each worker (actor, Train worker, Serve replica) "
@@ -364,7 +357,7 @@ class ServeConfig(Section):
 
 
 class TrackingConfig(Section):
-    """Experiment tracking (`advdistill.tracking`): one MLflow run per distill.py run, a nested run
+    """Experiment tracking (`advdistill.run.tracking`): one MLflow run per distill.py run, a nested run
     per stage."""
 
     enabled: bool | None = Field(None, description="None = on where MLflow is installed (the tracking extra)")

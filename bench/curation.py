@@ -78,7 +78,7 @@ def run_bare(cfg) -> float:
 
 
 def run_ours(cfg) -> float:
-    from advdistill.cli import init_ray
+    from advdistill.local_ray import init_ray
     from advdistill.curate.stage import curate
 
     start = time.perf_counter()
@@ -98,7 +98,7 @@ def run_ray_data_llm(cfg) -> float:
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from advdistill.cli import init_ray
+    from advdistill.local_ray import init_ray
     from advdistill.scoring import score_group
     from advdistill.generation.base import gpu_available
     from advdistill.generation.engines import configure_vllm_cpu_env, resolve_dtype

@@ -25,7 +25,7 @@ Protocol, on the embedded default (`configs/tiny.yaml`):
   degeneracy, template adherence), and the training cost of AdvDistill relative to SFT (seconds
   of optimizer steps and tokens, from each run's metrics.jsonl; paper Table 3: 4.5x).
 
-Every stage runs through the command-line contract of SPEC §9b (`ray_jobs/generate.py`,
+Every stage runs through the command-line contract of SPEC §9b (`ray_jobs/curate.py`,
 `train.py`, `evaluate.py`) on one local Ray cluster, so this measures the product, not a
 re-implementation. Outputs go to `--out` (default runs/fidelity), and a rerun continues: each
 stage is skipped when its output is complete.
@@ -87,7 +87,7 @@ class Runner:
         summary = folder / "summary.json"
         done = summary.is_file() and (lambda s: s["prompts_written"] == s["prompts_read"])(json.loads(summary.read_text()))
         if not done:
-            self._run(f"curate seed {seed}", "generate.py", ["--output", str(folder)], [f"curate.sampling.seed={seed}"])
+            self._run(f"curate seed {seed}", "curate.py", ["--output", str(folder)], [f"curate.sampling.seed={seed}"])
         return folder
 
     def train(self, name: str, groups: Path, mode: str, lr: float, seed: int, sets: list[str]) -> Path:
@@ -147,7 +147,7 @@ def start_cluster(num_cpus: int) -> str:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from advdistill.cli import RAY_ENV_DEFAULTS
+    from advdistill.local_ray import RAY_ENV_DEFAULTS
 
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)

@@ -1,7 +1,7 @@
 """One AdvDistill training step on a GPU, every way we can take it, against a TRL-like baseline
 (issue 16 item 4). torch + transformers only: no Ray, no vLLM, no pydantic (the GPU image has
 torch 2.11 and transformers 5.17 and nothing else); it imports only the pure-torch modules of the
-package (`advdistill.loss`, `advdistill.train.layout`, `.attention`, `.model`).
+package (`advdistill.loss`, `advdistill.train.group_batches`, `.attention`, `.model`).
 
 The student: Qwen2.5-1.5B's published architecture (hidden 1,536, 28 layers, 12 query / 2 KV
 heads, MLP 8,960, vocabulary 151,936, tied embeddings), random weights, bf16 parameters, AdamW.
@@ -59,7 +59,7 @@ from common import header, write_json  # also puts the repository on sys.path
 
 from advdistill.loss import IGNORE_INDEX, advdistill_loss
 from advdistill.train.attention import flex_available, use_packed_attention
-from advdistill.train.layout import group_batch, model_inputs, packed_group_batch
+from advdistill.train.group_batches import group_batch, model_inputs, packed_group_batch
 from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing
 
 # Qwen2.5-1.5B's config.json (hub: Qwen/Qwen2.5-1.5B), and a reduced shape for CPU smoke runs.

@@ -179,7 +179,7 @@ def measure_activations(packed: bool, checkpointing: bool, k: int, seq_len: int,
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     from advdistill.config import LossConfig
     from advdistill.loss import advdistill_loss
-    from advdistill.train.layout import group_batch, model_inputs, packed_group_batch
+    from advdistill.train.group_batches import group_batch, model_inputs, packed_group_batch
     from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing
 
     torch.set_num_threads(1)

@@ -31,7 +31,7 @@ from common import REPO, header, interleaved
 
 from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss
-from advdistill.train.layout import group_batch, model_inputs, packed_group_batch
+from advdistill.train.group_batches import group_batch, model_inputs, packed_group_batch
 from advdistill.train.model import ResponseLogProbs
 
 LOSS = LossConfig()
@@ -124,7 +124,7 @@ def report_shape(r: dict, k: int, length: int, repeats: int) -> None:
 
 
 def tiny_run_effect(groups: str, steps: int) -> dict[str, float]:
-    from advdistill.cli import init_ray
+    from advdistill.local_ray import init_ray
     from advdistill.config import load_config
     from advdistill.train.trainer import train
 

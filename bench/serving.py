@@ -89,7 +89,7 @@ def main() -> None:
 
     from ray import serve
 
-    from advdistill.cli import init_ray
+    from advdistill.local_ray import init_ray
     from advdistill.config import DatasetConfig, load_config
     from advdistill.data.synthetic import make_split
     from advdistill.evaluation.evaluator import eval_params, evaluate, score_predictions

@@ -37,7 +37,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from advdistill.loss import advdistill_loss  # noqa: E402
 from advdistill.train.attention import flex_available, use_packed_attention  # noqa: E402
-from advdistill.train.layout import model_inputs, packed_group_batch  # noqa: E402
+from advdistill.train.group_batches import model_inputs, packed_group_batch  # noqa: E402
 from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing  # noqa: E402
 
 LENGTHS = 5  # packed groups of different lengths

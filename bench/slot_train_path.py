@@ -45,7 +45,7 @@ from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 from advdistill.loss import advdistill_loss  # noqa: E402
 from advdistill.train.checkpointing import (dtype_name, export_dtype, export_hf, restore_checkpoint,  # noqa: E402
                                             save_checkpoint, training_dtype)
-from advdistill.train.layout import group_batch, model_inputs  # noqa: E402
+from advdistill.train.group_batches import group_batch, model_inputs  # noqa: E402
 from advdistill.train.model import (ResponseLogProbs, enable_activation_checkpointing, param_groups,  # noqa: E402
                                     shard_fsdp2)
 

@@ -28,7 +28,7 @@ from common import REPO, header
 
 from advdistill.config import load_config, with_overrides
 from advdistill.train.collate import tokenize_group
-from advdistill.train.layout import group_tokens
+from advdistill.train.group_batches import group_tokens
 from advdistill.train.loop import epoch_order, loss_terms, make_batch, packed_attention, step_groups
 from advdistill.train.model import ResponseLogProbs, param_groups
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_output_dir, load_from_args, make_parser  # noqa: E402
+from advdistill.local_ray import init_ray  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_from_args(args)
     output = args.output or str(Path("runs") / cfg.name)
 
-    from advdistill.pipeline import run
+    from advdistill.run.pipeline import run
 
     check_output_dir(output)  # before Ray starts: a one-line error, not a traceback after its start-up
     init_ray()

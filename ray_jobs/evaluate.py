@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import check_input_path, check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_input_path, check_output_dir, load_from_args, make_parser  # noqa: E402
+from advdistill.local_ray import init_ray  # noqa: E402
 from advdistill.tasks import task_names  # noqa: E402
 
 

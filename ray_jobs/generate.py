@@ -1,46 +1,22 @@
-"""Curate: the teacher samples K responses per prompt, rule-based verifiers score them, and the
-groups with at least one correct response are written as Parquet (SPEC §1 stage 1, §9).
+"""The old name of `ray_jobs/curate.py` (the stage the README calls "curate"), kept for one
+release: it says so on stderr, then runs curate.py with the same arguments.
 
-    python ray_jobs/generate.py --output runs/curate [--dataset NAME --split SPLIT] [--limit N]
-
-Writes OUTPUT/groups/*.parquet (kept), OUTPUT/dropped/*.parquet, OUTPUT/quarantine.jsonl and
-OUTPUT/summary.json. Rerunning with the same --output generates only the prompts not yet written.
+    python ray_jobs/generate.py ...   # = python ray_jobs/curate.py ...
 """
 
 from __future__ import annotations
 
-import json
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from advdistill.cli import check_input_path, check_output_dir, init_ray, load_from_args, make_parser  # noqa: E402
+CURATE = Path(__file__).with_name("curate.py")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = make_parser(__doc__)
-    parser.add_argument("--output", required=True, help="output folder (rerun the same to resume)")
-    parser.add_argument("--dataset", help="dataset name (curate.dataset.name)")
-    parser.add_argument("--split", help="dataset split (curate.dataset.split)")
-    parser.add_argument("--path", help="local JSONL/Parquet file with the hub's fields (curate.dataset.path)")
-    parser.add_argument("--limit", type=int, help="first N prompts only (curate.dataset.limit)")
-    parser.add_argument("--few-shot", type=int, help="exemplars in the teacher prompt (default prompt.few_shot)")
-    args = parser.parse_args(argv)
-    extra = [f"curate.dataset.{key}={value}" for key, value in
-             (("name", args.dataset), ("split", args.split), ("path", args.path), ("limit", args.limit)) if value is not None]
-    cfg = load_from_args(args, extra)
-    check_output_dir(args.output)  # before Ray starts: a one-line error, not a traceback later
-    if cfg.curate.dataset.path:
-        check_input_path(cfg.curate.dataset.path, "dataset file")
-
-    from advdistill.curate.stage import curate
-
-    init_ray()
-    summary = curate(cfg, args.output, few_shot=args.few_shot)
-    print(json.dumps({k: summary[k] for k in ("prompts_read", "kept", "dropped", "quarantined", "per_sample_accuracy",
-                                              "tokens_generated", "wall_seconds")}, indent=2))
-    return summary
+    print("ray_jobs/generate.py is deprecated and will be removed: use ray_jobs/curate.py (same arguments)",
+          file=sys.stderr, flush=True)
+    return runpy.run_path(str(CURATE))["main"](argv)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def ray_cluster():
     jobs can be submitted to it) on loopback, and stopped at the end."""
     import ray
 
-    from advdistill.cli import RAY_ENV_DEFAULTS
+    from advdistill.local_ray import RAY_ENV_DEFAULTS
 
     env = {"RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            **RAY_ENV_DEFAULTS}

@@ -10,7 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss
 from advdistill.train.collate import group_batch, packed_group_batch
-from advdistill.train.layout import model_inputs
+from advdistill.train.group_batches import model_inputs
 from advdistill.train.model import ResponseLogProbs, enable_activation_checkpointing
 
 GROUP = {

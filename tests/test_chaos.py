@@ -20,7 +20,7 @@ import pytest
 from advdistill.config import DatasetConfig, with_overrides
 from advdistill.data.loaders import load_records
 from advdistill.data.synthetic import make_split
-from advdistill.reaper import CLEAN_EXIT_GRACE_S, TERM_GRACE_S
+from advdistill.local_ray import CLEAN_EXIT_GRACE_S, TERM_GRACE_S
 
 from conftest import REPO, TINY_STUDENT, TINY_TEACHER, read_jsonl
 from groups_fixture import write_groups
@@ -152,8 +152,8 @@ def run_entry_point(script: str, *args: str, timeout: float = 60) -> subprocess.
 
 
 @pytest.mark.parametrize("script, args, needle", [
-    ("generate.py", ["--output", "{file}/sub"], "output folder"),
-    ("generate.py", ["--output", "/proc/advdistill-out"], "output folder"),
+    ("curate.py", ["--output", "{file}/sub"], "output folder"),
+    ("curate.py", ["--output", "/proc/advdistill-out"], "output folder"),
     ("train.py", ["--groups", "{tmp}/missing", "--output", "{tmp}/train"], "groups folder"),
     ("train.py", ["--groups", "{tmp}/groups", "--output", "{tmp}/train"], "not a readable Parquet file"),
     ("evaluate.py", ["--model", str(TINY_STUDENT), "--dataset", "synthetic", "--split", "test", "--output",
@@ -179,7 +179,7 @@ def test_entry_points_check_their_paths_before_ray_starts(tmp_path, script, args
 
 
 def marked(run_id: str) -> list:
-    from advdistill.reaper import marked_processes
+    from advdistill.local_ray import marked_processes
 
     return marked_processes(run_id)
 
@@ -187,9 +187,9 @@ def marked(run_id: str) -> list:
 # What each driver runs, and when it is killed: curation once its teacher actor runs; training once
 # its Ray Train worker has written a checkpoint (before issue 15: 4 and 13 processes outlived them).
 KILLED_DRIVERS = {
-    "generate.py": (["--output", "{tmp}/out", "--limit", "64", "--set", f"teacher={TINY_TEACHER}",
-                     "--set", "curate.engine.batch_size=4"],
-                    "the teacher actor", lambda tmp, names: any("GenerationActor" in n for n in names)),
+    "curate.py": (["--output", "{tmp}/out", "--limit", "64", "--set", f"teacher={TINY_TEACHER}",
+                   "--set", "curate.engine.batch_size=4"],
+                  "the teacher actor", lambda tmp, names: any("GenerationActor" in n for n in names)),
     # One step an epoch, a checkpoint at each epoch's end, a hundred epochs: still training when killed.
     "train.py": (["--groups", "{tmp}/groups", "--output", "{tmp}/train", "--set", f"student={TINY_STUDENT}",
                   "--set", "train.epochs=100", "--set", "train.val_fraction=0.0"],
@@ -206,7 +206,7 @@ def test_a_driver_killed_with_sigkill_leaves_no_ray_process(request, tmp_path, s
     """A driver on its own local cluster (no RAY_ADDRESS), killed with SIGKILL once its Ray work
     runs (curation: the teacher actor; training: a Ray Train worker, past its first checkpoint):
     every process of that cluster ends, within the reaper's bound."""
-    from advdistill.reaper import RUN_MARKER, reap
+    from advdistill.local_ray import RUN_MARKER, reap
 
     args, started, ready = KILLED_DRIVERS[script]
     if script == "train.py":

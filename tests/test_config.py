@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from advdistill.cli import RAY_ENV_DEFAULTS, config_fields, config_help, driver_env_vars
+from advdistill.cli import config_fields, config_help
+from advdistill.local_ray import RAY_ENV_DEFAULTS, driver_env_vars
 from advdistill.config import ConfigError, ExperimentConfig, load_config, parse_override, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,3 +165,17 @@ def test_driver_env_leaves_the_keys_a_submitted_job_sets_to_the_job(monkeypatch)
     assert set(driver_env_vars()) == {second}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": None}))
     assert set(driver_env_vars()) == {first, second}
+
+
+def test_the_old_curate_entry_point_says_it_is_deprecated_and_runs_curate(capsys):
+    """`ray_jobs/generate.py` stays one release: one line on stderr, then curate.py's own main."""
+    import runpy
+
+    generate = runpy.run_path(str(REPO / "ray_jobs" / "generate.py"))
+    with pytest.raises(SystemExit) as done:
+        generate["main"](["--help"])
+    assert done.value.code == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["ray_jobs/generate.py is deprecated and will be removed: use ray_jobs/curate.py "
+                                "(same arguments)"]
+    assert "Curate: the teacher samples K responses per prompt" in out and "curate.dataset.limit" in out

@@ -5,20 +5,34 @@ the teacher's tokens (SPEC §4, written at curation), the loss's the student's (
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from advdistill.config import DatasetConfig, with_overrides
-from advdistill.data.build_tiny_models import train_tokenizer
 from advdistill.data.synthetic import make_split
 from advdistill.prompts import template_response
 from advdistill.train.collate import student_end_of_turn_id, tokenize_group
 
-from conftest import TINY_TEACHER
+from conftest import REPO, TINY_TEACHER
 
 pytestmark = pytest.mark.slow
+
+
+def _tool(name: str):
+    """A module of tools/ (scripts, not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+train_tokenizer = _tool("build_tiny_models").train_tokenizer
 
 
 def own_student(folder) -> AutoTokenizer:

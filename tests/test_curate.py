@@ -105,7 +105,7 @@ def test_killed_teacher_actor_is_restarted_and_its_batch_retried(baseline, tiny_
 
 def test_killed_driver_resumes_without_loss_or_duplicates(baseline, ray_cluster, tmp_path):
     out, _ = baseline
-    cmd = [sys.executable, str(REPO / "ray_jobs" / "generate.py"), "--output", str(tmp_path), "--limit", "32",
+    cmd = [sys.executable, str(REPO / "ray_jobs" / "curate.py"), "--output", str(tmp_path), "--limit", "32",
            "--set", f"teacher={REPO / 'models' / 'tiny-teacher'}", "--set", "curate.engine.batch_size=4"]
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

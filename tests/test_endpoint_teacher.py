@@ -141,7 +141,7 @@ def test_curation_through_the_endpoint_matches_the_local_engine_in_shape_and_acc
 
 def test_a_killed_server_stops_the_run_and_the_rerun_completes_exactly_once(server, ray_cluster, tmp_path):
     out = tmp_path / "curate"
-    cmd = [sys.executable, str(REPO / "ray_jobs" / "generate.py"), "--output", str(out)]
+    cmd = [sys.executable, str(REPO / "ray_jobs" / "curate.py"), "--output", str(out)]
     for o in endpoint_overrides(server, **{"curate.engine.endpoint.max_retries": 0,
                                           "curate.engine.endpoint.timeout_s": 20, "curate.dataset.limit": 48}):
         cmd += ["--set", o]

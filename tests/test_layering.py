@@ -44,7 +44,7 @@ ABOVE_THE_CORE = (
     "advdistill.curate",
     "advdistill.evaluation.evaluator",
     "advdistill.run",
-    "advdistill.pipeline",
+    "advdistill.local_ray",
     "ray",
 )
 
@@ -56,7 +56,7 @@ FUNCTION_LEVEL_IMPORTS = {
         "Ray Data and Ray Train at module level: the run folders and the report read TrainOutput without Ray",
     ("advdistill.train.checkpointing", "advdistill.train.lora"):
         "peft, only with train.lora.r (lora.py itself imports peft only when called: a candidate for module level)",
-    ("advdistill.pipeline", "advdistill.serve.app"):
+    ("advdistill.run.pipeline", "advdistill.serve.app"):
         "Ray Serve and FastAPI: loaded only when a run is served",
     # The serving package (being split into modules, issue 25 part 1) loads its engines and the
     # math-verify pool in the replicas that use them.

@@ -11,7 +11,7 @@ from advdistill.loss import sft_loss
 from advdistill.scoring import score_group
 from advdistill import methods
 from advdistill.train.collate import tokenize_group
-from advdistill.train.layout import model_inputs
+from advdistill.train.group_batches import model_inputs
 from advdistill.train.loop import loss_terms, make_batch
 from advdistill.methods import TrainingMethod, get_method, method_names, register_method, sft_terms
 from advdistill.train.model import ResponseLogProbs

@@ -55,12 +55,12 @@ def curated_ids(folder: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def single_node_curation(tmp_path_factory):
-    """The same prompts curated by `generate.py` on a one-node local Ray (its own, started and
+    """The same prompts curated by `curate.py` on a one-node local Ray (its own, started and
     ended by the script)."""
     out = tmp_path_factory.mktemp("single") / "curate"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(ENV)
-    cmd = [sys.executable, "ray_jobs/generate.py", "--output", str(out), "--set", f"curate.dataset.limit={PROMPTS}"]
+    cmd = [sys.executable, "ray_jobs/curate.py", "--output", str(out), "--set", f"curate.dataset.limit={PROMPTS}"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return curated_ids(out)

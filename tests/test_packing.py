@@ -10,7 +10,7 @@ from advdistill.config import LossConfig
 from advdistill.loss import advdistill_loss
 from advdistill.train.attention import PackedSegments, dense_mask, flex_available, resolve_packed_attention
 from advdistill.train.collate import group_batch, group_tokens, packed_group_batch
-from advdistill.train.layout import model_inputs
+from advdistill.train.group_batches import model_inputs
 from advdistill.train.model import ResponseLogProbs
 
 LOSS = LossConfig()

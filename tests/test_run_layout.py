@@ -1,11 +1,11 @@
-"""The run folder (advdistill.run_layout): each stage's output object says where its files are and
+"""The run folder (advdistill.run.folders): each stage's output object says where its files are and
 whether the stage finished, which is what a rerun skips on."""
 
 import json
 
 from advdistill.curate.store import CurateOutput
 from advdistill.evaluation.evaluator import EvalOutput
-from advdistill.run_layout import RunLayout
+from advdistill.run.folders import RunLayout
 from advdistill.train.trainer import TrainOutput
 
 

@@ -202,7 +202,7 @@ def test_training_result_states_the_contract(tiny_cfg):
 def test_distill_trains_sft_at_its_own_rate(tiny_cfg):
     """`train.method_lr` sets the SFT trainings' rate (each method's chosen on val); AdvDistill keeps train.lr."""
     from advdistill.config import with_overrides
-    from advdistill.pipeline import trainings, training_overrides
+    from advdistill.run.pipeline import trainings, training_overrides
 
     cfg = with_overrides(tiny_cfg, {"train.lr": 3e-4, "train.method_lr": {"sft": 1e-3},
                                     "extra_sft_students": ["models/tiny-teacher"]})

@@ -314,7 +314,7 @@ def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None 
 
 def arithmetic_drills(n: int, seed: int = 0, difficulty: Difficulty | None = None) -> list[tuple[str, str]]:
     """(question, response) pairs of bare operations on the train skeleton distribution: extra
-    practice for the tiny models' arithmetic (used by `build_tiny_models`, not a dataset)."""
+    practice for the tiny models' arithmetic (used by `tools/build_tiny_models.py`, not a dataset)."""
     d = difficulty or Difficulty()
     rng = random.Random(f"synthetic/drills/{seed}")
     out = []

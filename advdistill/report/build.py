@@ -1,4 +1,4 @@
-"""Assemble `report/report.md` and its figures from a run folder (`advdistill.run_layout`)."""
+"""Assemble `report/report.md` and its figures from a run folder (`advdistill.run.folders`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from advdistill.report.tables import (
     paired_table,
     training_table,
 )
-from advdistill.run_layout import RunLayout
+from advdistill.run.folders import RunLayout
 from advdistill.storage import copy_tree
 from advdistill.tasks import breakdown_fields
 

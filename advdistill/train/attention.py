@@ -1,7 +1,7 @@
 """Attention for shared-prefix packed groups: three backends, the same log-probs.
 
-A packed group is one sequence, the prompt then K responses (`advdistill.train.layout`); a token
-sees the prompt and the earlier tokens of its own response. How that is computed:
+A packed group is one sequence, the prompt then K responses (`advdistill.train.group_batches`);
+a token sees the prompt and the earlier tokens of its own response. How that is computed:
 
 - ``dense``: a (1, 1, L, L) boolean mask through the model's own attention (SDPA or eager). Every
   one of the L² scores is computed, the masked ones too: with P = R = 128 and K = 8 that is
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advdistill.train.layout import PROMPT_SEGMENT
+from advdistill.train.group_batches import PROMPT_SEGMENT
 
 PackedAttention = Literal["dense", "flex", "segments"]
 PACKED_ATTENTION = "advdistill_packed"  # the name registered with transformers' AttentionInterface

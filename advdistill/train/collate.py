@@ -27,7 +27,7 @@ from advdistill.scoring import group_advantages, keep_group
 from advdistill.methods import get_method
 # The tensor layouts live in a pure-torch module (bench/gpu_train.py imports it without the config
 # stack); re-exported here, where the rest of collation is.
-from advdistill.train.layout import group_batch, group_tokens, packed_group_batch  # noqa: F401
+from advdistill.train.group_batches import group_batch, group_tokens, packed_group_batch  # noqa: F401
 
 
 def select_responses(row: CuratedGroup, cfg: ExperimentConfig) -> dict[str, Any]:

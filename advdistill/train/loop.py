@@ -36,9 +36,9 @@ import torch
 from advdistill.config import ExperimentConfig
 from advdistill.methods import get_method
 from advdistill.storage import local_model
-from advdistill.tracking import StepLogger
+from advdistill.run.tracking import StepLogger
 from advdistill.train.attention import resolve_packed_attention
-from advdistill.train.layout import group_batch, group_tokens, model_inputs, packed_group_batch
+from advdistill.train.group_batches import group_batch, group_tokens, model_inputs, packed_group_batch
 from advdistill.train.checkpointing import (HF_EXPORT, METRICS_FILE, TRAINER_STATE, dtype_name, export_dtype,  # noqa: F401
                                             export_hf, restore_checkpoint, save_checkpoint)
 from advdistill.train.lora import apply_lora

@@ -126,7 +126,7 @@ def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dic
 def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike, *,
           student: str | None = None, step_logger: dict[str, str] | None = None) -> dict[str, Any]:
     """Train a student on a groups table; returns the final metrics (also in the output).
-    `step_logger` ({uri, run_id}, `advdistill.tracking`): rank 0 logs every step to that MLflow run."""
+    `step_logger` ({uri, run_id}, `advdistill.run.tracking`): rank 0 logs every step to that MLflow run."""
     import ray
     import ray.train
     from ray.data.expressions import col

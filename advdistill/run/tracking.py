@@ -19,6 +19,7 @@ the run goes on without it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -40,8 +41,6 @@ def allow_file_store(uri: str) -> None:
 
 
 def mlflow_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("mlflow") is not None
 
 
@@ -81,12 +80,12 @@ class StepLogger:
 
     def __init__(self, uri: str, run_id: str):
         allow_file_store(uri)
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # mlflow: the optional tracking extra
 
         self.client, self.run_id = MlflowClient(uri), run_id
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow: the optional tracking extra
 
         now = int(time.time() * 1000)
         batch = [Metric(metric_name(k), v, now, step) for k, v in numbers(metrics).items() if k != "step"]
@@ -113,7 +112,7 @@ class RunTracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, state: dict[str, Any]):
         allow_file_store(uri)
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # mlflow: the optional tracking extra
 
         self.uri, self.client, self.state = uri, MlflowClient(uri), state
         found = self.client.get_experiment_by_name(experiment)
@@ -161,7 +160,7 @@ class RunTracker:
     # -- plumbing ------------------------------------------------------------------------
 
     def _log(self, run_id: str, metrics: dict[str, float], params: dict[str, Any], artifacts: Iterable[PathLike]):
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param  # mlflow: the optional tracking extra
 
         now = int(time.time() * 1000)
         items = [Metric(metric_name(k), v, now, 0) for k, v in metrics.items()]

@@ -1,6 +1,8 @@
 """Build the embedded tiny teacher and student (`models/tiny-teacher`, `models/tiny-student`).
 
-    python -m advdistill.data.build_tiny_models            # tokenizer, both models, model cards
+    python tools/build_tiny_models.py            # tokenizer, both models, model cards
+
+A tool, not library code: nothing in the package imports it.
 
 1. A byte-level BPE tokenizer trained on the synthetic task (digits are single tokens; the
    template tags are tokens; a Qwen-style chat template), shared by both models.
@@ -24,6 +26,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -31,13 +34,15 @@ from pathlib import Path
 
 import torch
 
-from advdistill.config import REPO, load_config
-from advdistill.data.synthetic import Difficulty, Style, arithmetic_drills, make_split
-from advdistill.evaluation.stats import wilson_interval
-from advdistill.generation.base import GenerationParams, vllm_available
-from advdistill.generation.factory import make_engine
-from advdistill.prompts import build_prompt
-from advdistill.scoring import format_reward, is_correct, judge
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from advdistill.config import REPO, load_config  # noqa: E402
+from advdistill.data.synthetic import Difficulty, Style, arithmetic_drills, make_split  # noqa: E402
+from advdistill.evaluation.stats import wilson_interval  # noqa: E402
+from advdistill.generation.base import GenerationParams, vllm_available  # noqa: E402
+from advdistill.generation.factory import make_engine  # noqa: E402
+from advdistill.prompts import build_prompt  # noqa: E402
+from advdistill.scoring import format_reward, is_correct, judge  # noqa: E402
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{"]
@@ -282,7 +287,7 @@ for AdvDistill's embedded default run. {role}
 
 ## How it was made
 
-`python -m advdistill.data.build_tiny_models` (this repository): a byte-level BPE tokenizer
+`python tools/build_tiny_models.py` (this repository): a byte-level BPE tokenizer
 (vocabulary {vocab}, digits as single tokens, the template tags as tokens) trained on the
 synthetic task, then {info['steps_taken']} AdamW steps ({spec['batch_rows']} packed rows of 512
 tokens per step, peak lr {spec['lr']}, a cosine schedule over {spec['steps']} steps, seed

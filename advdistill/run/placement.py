@@ -27,7 +27,7 @@ def _repr_names() -> dict[str, str]:
     """actor id → its repr name (`MapWorker(MapBatches(GenerationActor))` for Ray Data's actors,
     whose class is `_MapWorker`), from the state API; {} where it cannot be reached."""
     try:
-        import ray
+        import ray  # Ray: asked only while a run records placement
         from ray.util.state import list_actors
         from ray.util.state.common import RAY_MAX_LIMIT_FROM_API_SERVER
 
@@ -47,7 +47,7 @@ def actor_nodes(class_name: str, since_ms: int = 0, until_ms: int | None = None)
     Times and nodes come from the GCS actor table (the state API's `ActorState` has no start
     time); the repr names from the state API where a dashboard serves it."""
     try:
-        from ray._private.state import actors as actor_table
+        from ray._private.state import actors as actor_table  # Ray: asked only while a run records placement
 
         table = actor_table()
     except Exception:  # noqa: BLE001 - not connected, or an older Ray: no placement
@@ -67,7 +67,7 @@ def actor_nodes(class_name: str, since_ms: int = 0, until_ms: int | None = None)
 def cluster_nodes() -> dict[str, dict[str, Any]]:
     """Every node the cluster has had (dead ones too): its custom resources, CPUs, GPUs, and
     whether it is alive — so run.json says what kind of node each stage ran on."""
-    import ray
+    import ray  # Ray: asked only while a run records placement
 
     nodes = {}
     for node in ray.nodes():

@@ -1,7 +1,7 @@
 """The end-to-end driver (SPEC §1, §9b): curate → train AdvDistill and the SFT baseline →
 evaluate teacher, student base, SFT and AdvDistill in and out of distribution → report →
 optionally serve. Each stage is skipped when its output says it is complete
-(`advdistill.run_layout`), so a rerun after a failure continues where the last one stopped.
+(`advdistill.run.folders`), so a rerun after a failure continues where the last one stopped.
 `OUTPUT/run.json` records what ran, where (the nodes of each stage's workers, and each node's
 resources), and what each stage cost. OUTPUT is a local folder or a URI every node sees, such
 as `s3://bucket/runs/gsm8k` (`advdistill.storage`).
@@ -19,11 +19,11 @@ from typing import Any, Callable
 from advdistill.config import DatasetConfig, ExperimentConfig, ResourcesConfig, dump_config, with_overrides
 from advdistill.curate.stage import curate
 from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
-from advdistill.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
 from advdistill.report import write_report
-from advdistill.run_layout import RunLayout, split_label
+from advdistill.run.folders import RunLayout, split_label
+from advdistill.run.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
+from advdistill.run.tracking import NoTracking, RunTracker, numbers, open_tracking
 from advdistill.storage import PathLike, is_uri, resolved
-from advdistill.tracking import NoTracking, RunTracker, numbers, open_tracking
 from advdistill.train.trainer import TrainOutput, train
 
 
@@ -38,7 +38,7 @@ class Tracked:
 
 class RunManifest:
     """OUTPUT/run.json: the run's models, splits and per-stage costs, rewritten as stages end;
-    each stage that runs also ends its MLflow run (`advdistill.tracking`)."""
+    each stage that runs also ends its MLflow run (`advdistill.run.tracking`)."""
 
     def __init__(self, path: PathLike, cfg: ExperimentConfig):
         self.path = path
@@ -60,7 +60,7 @@ class RunManifest:
               track: Callable[[], Tracked] | None = None) -> None:
         """`run(*args)` unless the stage is done; record its cost (tokens, wall time,
         accelerator-hours, and dollars where the config has a price) and the nodes its `actors`
-        (a class name, `advdistill.placement`) ran on;
+        (a class name, `advdistill.run.placement`) ran on;
         `track()` says what its MLflow run gets besides the cost."""
         if done:
             print(f"[distill] {name}: done earlier, skipped", flush=True)
