@@ -43,7 +43,7 @@ demo: $(VENV)/.installed-cpu+tracking
 test: $(VENV)/.installed-cpu+tracking+lora+test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The fast tier (~2-3 min): every test that starts no Ray, Serve, vLLM engine or process
+# The fast tier (~1.5 min on 2 cores): every test that starts no Ray, Serve, vLLM engine or process
 # (markers set in tests/tiers.py); starting one of them there fails the test. `make test` runs all.
 test-fast: $(VENV)/.installed-cpu+tracking+lora+test
 	$(PY) -m pytest --fast $(PYTEST_ARGS)
