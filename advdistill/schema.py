@@ -123,7 +123,7 @@ OPTIONAL = {b"optional": b"true"}  # field metadata of a `NotRequired` column: a
 
 
 def _arrow_type(annotation: Any) -> "pa.DataType":
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: the Arrow side only; the row types need none
 
     if get_origin(annotation) is NotRequired:
         (annotation,) = get_args(annotation)
@@ -139,7 +139,7 @@ def _arrow_type(annotation: Any) -> "pa.DataType":
 @lru_cache(maxsize=None)
 def arrow_schema(row_type: type) -> "pa.Schema":
     """The Arrow schema of a typed row."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: the Arrow side only; the row types need none
 
     # With the extras: `NotRequired` is read from the annotations themselves (under postponed
     # annotations Python 3.11's TypedDict does not see it: `__optional_keys__` stays empty).
@@ -148,7 +148,7 @@ def arrow_schema(row_type: type) -> "pa.Schema":
 
 
 def prediction_schema() -> "pa.Schema":
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: the Arrow side only; the row types need none
 
     return pa.schema([*arrow_schema(Prediction), *(pa.field(name, pa.string()) for name in breakdown_fields())])
 
@@ -157,7 +157,7 @@ def to_arrow(rows: Iterable[Mapping[str, Any]], schema: "pa.Schema", extra: Iter
     """Rows as a table of `schema`, `meta` as JSON. Every schema column must be in every row, but
     for the optional ones (`NotRequired`: None when left out); `extra` names further columns that
     ride along (their type inferred, e.g. an evaluation's split label)."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: the Arrow side only; the row types need none
 
     extra = [name for name in extra if name not in schema.names]
     names = [*schema.names, *extra]

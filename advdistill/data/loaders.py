@@ -68,7 +68,7 @@ def _read_local(path: Path, quarantined: list[dict[str, Any]]) -> Iterator[tuple
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     if path.suffix == ".parquet":
-        import pyarrow as pa
+        import pyarrow as pa  # pyarrow: only for a Parquet file
         import pyarrow.parquet as pq
 
         try:
@@ -105,7 +105,7 @@ def _read_local(path: Path, quarantined: list[dict[str, Any]]) -> Iterator[tuple
 
 
 def _read_hub(spec: TaskSpec, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    from datasets import load_dataset
+    from datasets import load_dataset  # datasets (slow to import): only for a hub split
 
     yield from enumerate(load_dataset(spec.hub_id, spec.hub_config, split=spec.splits[split]), 1)
 

@@ -78,6 +78,6 @@ def vllm_available() -> bool:
 
 
 def gpu_available() -> bool:
-    import torch
+    import torch  # torch: only to ask for a GPU; the engines' users without one stay light
 
     return torch.cuda.is_available()

@@ -46,7 +46,7 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 def verify_pair(reference: str, answer: str) -> bool:
     """math-verify's verdict on `answer` for `reference` (gold first), False on any error."""
     try:
-        from math_verify import parse, verify
+        from math_verify import parse, verify  # math-verify (sympy): loaded in the workers, once
 
         gold = parse(f"\\boxed{{{reference}}}", parsing_timeout=None)
         pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=None)

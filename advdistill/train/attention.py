@@ -97,7 +97,7 @@ def _bottom_right_causal(queries: int, keys: int, device: torch.device) -> Any:
     CUDA a `CausalBias` (SDPA picks flash or memory-efficient kernels, no mask in memory); on CPU
     a boolean mask built once per forward instead of once per layer and call."""
     if device.type == "cuda":
-        from torch.nn.attention.bias import causal_lower_right
+        from torch.nn.attention.bias import causal_lower_right  # CUDA only
 
         return causal_lower_right(queries, keys)
     return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
@@ -116,7 +116,7 @@ def flex_block_mask(segment_ids: torch.Tensor):
     that are entirely masked are skipped by the kernel). On CUDA the mask is built by a compiled
     kernel, which never holds the L × L mask: at K = 8 × 2,048 tokens that would be 0.3 GB of
     booleans (and 2.7 GB of int64 segment lookups in eager mode)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import create_block_mask  # FlexAttention: only when that backend runs
 
     seg = segment_ids.reshape(-1)
 
@@ -178,14 +178,14 @@ def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
                              **kwargs) -> tuple[torch.Tensor, None]:
     """The attention function registered as `PACKED_ATTENTION`: per-segment SDPA for a
     `PackedSegments`, FlexAttention for a `BlockMask`, transformers' SDPA for anything else."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward  # transformers: when a model attends
 
     if isinstance(attention_mask, PackedSegments):
         if dropout:
             raise ValueError("segment attention has no dropout (Qwen2's attention_dropout is 0)")
         return segment_attention(query, key, value, attention_mask, scaling), None
     if _is_block_mask(attention_mask):
-        from transformers.integrations.flex_attention import flex_attention_forward
+        from transformers.integrations.flex_attention import flex_attention_forward  # FlexAttention: block masks
 
         return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
@@ -195,7 +195,7 @@ def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
 def _is_block_mask(mask: Any) -> bool:
     if not flex_available():
         return False
-    from torch.nn.attention.flex_attention import BlockMask
+    from torch.nn.attention.flex_attention import BlockMask  # FlexAttention: only where it is available
 
     return isinstance(mask, BlockMask)
 
@@ -204,7 +204,7 @@ def use_packed_attention(causal_lm: nn.Module) -> None:
     """Route the model's attention through `packed_attention_forward` (registered once per
     process; every Ray Train worker registers its own). Masks for separate sequences are built as
     for SDPA."""
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface  # transformers: only when a model is set up
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)

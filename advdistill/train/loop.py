@@ -149,7 +149,7 @@ class StepReader:
         self._held += [row for row in batch.to_pylist() if row[POSITION] >= low]
 
     def step(self, step_in_epoch: int) -> list[dict[str, Any]]:
-        import torch.distributed as dist
+        import torch.distributed as dist  # torch.distributed: only inside a worker's process group
 
         low = step_in_epoch * self.groups_per_step
         high = min(low + self.groups_per_step, self.n_groups)
@@ -173,7 +173,7 @@ class StepReader:
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker."""
-    import ray.train
+    import ray.train  # Ray Train and transformers: only in a worker; the loop's helpers import without them
     import ray.train.torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
@@ -310,7 +310,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> list[float]:
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch.distributed: only inside a worker's process group
 
     t = values.to(device=device, dtype=torch.float64)
     dist.all_reduce(t)
@@ -318,7 +318,7 @@ def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> list[float]:
 
 
 def _all_max(value: float, device: torch.device) -> float:
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch.distributed: only inside a worker's process group
 
     t = torch.tensor([value], device=device, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

@@ -36,7 +36,7 @@ def merged_export(state: dict[str, Any], config: Any, lora: Any, folder: Path, s
     """From a full state dict of the LoRA-injected model (names as in `causal_lm`): the merged
     plain model (returned, for `save_pretrained`), with the adapter saved under `folder/adapter`."""
     from peft import get_peft_model  # peft: the optional `lora` extra, needed only with train.lora.r
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers: only when exporting
 
     base = AutoModelForCausalLM.from_config(config)
     peft_model = get_peft_model(base, peft_config(lora))

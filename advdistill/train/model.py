@@ -98,7 +98,7 @@ def shard_fsdp2(module: ResponseLogProbs, device_type: str, world_size: int, bf1
     """FSDP2: `fully_shard` each decoder layer, then the root (SPEC §6 / issue: gloo on CPU,
     NCCL on GPU — the process group comes from Ray Train). bf16 compute with fp32 master weights
     and fp32 gradient reduction on GPU."""
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh  # FSDP2: only when sharding
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device_type, (world_size,))

@@ -69,7 +69,7 @@ class BadShard(ValueError):
 def check_shards(folder: PathLike) -> None:
     """Every `*.parquet` in `folder` has a readable footer (a truncated copy has none): raises
     `BadShard` naming the file, before Ray Data reads it with an error that does not."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow.parquet: only to check shards
 
     for path in shard_files(folder):
         try:
@@ -83,7 +83,7 @@ def check_shards(folder: PathLike) -> None:
 
 @lru_cache(maxsize=4)
 def _tokenizer(student: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: only for the student's tokenizer
 
     return AutoTokenizer.from_pretrained(local_model(student, weights=False))
 
@@ -127,7 +127,7 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
           student: str | None = None, step_logger: dict[str, str] | None = None) -> dict[str, Any]:
     """Train a student on a groups table; returns the final metrics (also in the output).
     `step_logger` ({uri, run_id}, `advdistill.run.tracking`): rank 0 logs every step to that MLflow run."""
-    import ray
+    import ray  # Ray Data and Ray Train: the run folders and the report read TrainOutput without Ray
     import ray.train
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
