@@ -173,7 +173,8 @@ def _skeleton_cluster(record: dict[str, Any]) -> str | None:
     return f"skeleton:{skeleton}" if skeleton else None
 
 
-SYNTHETIC_SIZES = {"train": 5000, "val": 500, "test": 1000, "ood": 1000}
+# `curate`: the prompts the demo curates, unseen by the embedded models (advdistill.data.synthetic).
+SYNTHETIC_SIZES = {"train": 5000, "curate": 5000, "val": 500, "test": 1000, "ood": 1000}
 
 
 def _synthetic_split(split: str, limit: int | None, seed: int) -> list[dict[str, Any]]:

@@ -6,7 +6,17 @@ import re
 
 import pytest
 
-from advdistill.data.synthetic import _BUCKETS, PERTURBATIONS, _bucket, arithmetic_drills, make_split
+from advdistill.data.synthetic import (
+    _BUCKETS,
+    BUILD_DRILLS,
+    BUILD_TRAIN_PROBLEMS,
+    PERTURBATIONS,
+    _bucket,
+    arithmetic_drills,
+    build_skeletons,
+    make_split,
+    skeleton_id,
+)
 from advdistill.scoring import format_reward, is_correct
 
 
@@ -17,7 +27,7 @@ def test_make_split_is_deterministic_and_prefix_stable():
 
 
 def test_records_follow_the_spec_schema_with_unique_ids():
-    for split in ("train", "val", "test", "ood"):
+    for split in ("train", "curate", "val", "test", "ood"):
         records = make_split(split, 300)
         assert len({r["id"] for r in records}) == 300
         for r in records:
@@ -26,7 +36,8 @@ def test_records_follow_the_spec_schema_with_unique_ids():
 
 
 def test_splits_are_disjoint():
-    questions = {split: {r["question"] for r in make_split(split, 2000)} for split in ("train", "val", "test", "ood")}
+    questions = {split: {r["question"] for r in make_split(split, 2000)}
+                 for split in ("train", "curate", "val", "test", "ood")}
     for a in questions:
         for b in questions:
             if a < b:
@@ -50,7 +61,7 @@ def test_restated_lines_quote_the_question():
 
 
 def test_every_reference_solution_verifies_and_follows_the_template():
-    for split in ("train", "val", "test", "ood"):
+    for split in ("train", "curate", "val", "test", "ood"):
         for r in make_split(split, 400):
             solution = r["meta"]["solution"]
             assert format_reward(solution) == 1.0
@@ -91,7 +102,7 @@ KINDS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
 
 def test_each_record_names_the_skeleton_its_split_was_drawn_by():
-    for split in ("train", "val", "test", "ood"):
+    for split in ("train", "curate", "val", "test", "ood"):
         for r in make_split(split, 400):
             m = SKELETON.fullmatch(r["meta"]["skeleton"])
             ops = [(KINDS[sym], int(b)) for sym, b in re.findall(r"([-+*/])(\d+)", m["ops"])]
@@ -106,3 +117,41 @@ def test_each_record_names_the_skeleton_its_split_was_drawn_by():
     tags = {r["meta"]["perturbation_type"]: SKELETON.fullmatch(r["meta"]["skeleton"])["tag"] for r in make_split("ood", 10)}
     assert tags["digit expansion"] == "x10" and tags["reversing operation"] == "reversed"
     assert tags["numerical substitution"] is None
+
+
+def _build_corpus():
+    """What tools/build_tiny_models.py trains both embedded models on, rebuilt from its own calls:
+    the first BUILD_TRAIN_PROBLEMS train records and BUILD_DRILLS drills (questions, skeletons)."""
+    records = make_split("train", BUILD_TRAIN_PROBLEMS, seed=0)
+    drills = arithmetic_drills(BUILD_DRILLS, seed=0)
+    questions = {r["question"] for r in records} | {q for q, _ in drills}
+    skeletons = {r["meta"]["skeleton"] for r in records}
+    for question, _ in drills:  # "What is 12 + 5?" is the one-step skeleton 12+5
+        a, sym, b = re.fullmatch(r"What is (\d+) ([-+*/]) (\d+)\?", question).groups()
+        skeletons.add(f"{a}{sym}{b}")
+    return questions, skeletons
+
+
+def test_curation_prompts_are_neither_questions_nor_skeletons_of_the_models_build_corpus():
+    from advdistill.config import REPO, load_config
+    from advdistill.tasks import SYNTHETIC_SIZES
+
+    questions, skeletons = _build_corpus()
+    assert {skeleton_id(s) for s in build_skeletons()} == skeletons
+    curate = make_split("curate", SYNTHETIC_SIZES["curate"])
+    assert not {r["question"] for r in curate} & questions
+    assert not {r["meta"]["skeleton"] for r in curate} & skeletons
+    assert {r["meta"]["num_ops"] for r in curate} == {2, 3}  # every 1-step train skeleton was built on
+    # the demo curates from that split, within its size, and the builder's corpus is the one above
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    assert (cfg.curate.dataset.name, cfg.curate.dataset.split) == ("synthetic", "curate")
+    assert cfg.curate.dataset.limit <= SYNTHETIC_SIZES["curate"]
+    builder = (REPO / "tools" / "build_tiny_models.py").read_text()
+    assert "default=BUILD_TRAIN_PROBLEMS" in builder and "default=BUILD_DRILLS" in builder
+    assert 'make_split("train", args.train_problems, seed=0' in builder
+    assert "arithmetic_drills(args.drills, seed=0" in builder
+
+
+def test_curate_split_is_stable():
+    # the demo's and bench/fidelity.py's saved results rest on these prompts
+    assert _fingerprint(make_split("curate", 640)) == "586362eb92af177b"

@@ -37,7 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from advdistill.config import REPO, load_config  # noqa: E402
-from advdistill.data.synthetic import Difficulty, Style, arithmetic_drills, make_split  # noqa: E402
+from advdistill.data.synthetic import (  # noqa: E402
+    BUILD_DRILLS,
+    BUILD_TRAIN_PROBLEMS,
+    Difficulty,
+    Style,
+    arithmetic_drills,
+    make_split,
+)
 from advdistill.evaluation.stats import wilson_interval  # noqa: E402
 from advdistill.generation.base import GenerationParams, vllm_available  # noqa: E402
 from advdistill.generation.factory import make_engine  # noqa: E402
@@ -333,8 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "models"), help="folder for tiny-teacher/ and tiny-student/")
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"), help="the prompt and sampling settings")
-    parser.add_argument("--train-problems", type=int, default=40000)
-    parser.add_argument("--drills", type=int, default=20000)
+    parser.add_argument("--train-problems", type=int, default=BUILD_TRAIN_PROBLEMS,
+                        help="the first N train problems (the `curate` split avoids their skeletons: keep the default)")
+    parser.add_argument("--drills", type=int, default=BUILD_DRILLS)
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
     parser.add_argument("--student-steps", type=int, default=STUDENT.steps)

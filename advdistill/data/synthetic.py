@@ -19,15 +19,27 @@ Restating makes every operand local to the line that uses it, which is what lets
 million parameters solve multi-step problems; the `terse` style (computations only, operands
 fetched from the question) is the harder way to reason, used to build the student base.
 
-Splits are disjoint by construction: every problem's *arithmetic skeleton* (start value and
-operations) hashes into a bucket range of its split, so no validation, test or OOD computation —
-let alone a question — ever appears in train, whatever the split sizes. `val` is for choosing
-hyperparameters (never test or OOD). The `ood` split mirrors the GSM-PLUS perturbations that fit
-the task, each record tagged with its `perturbation_type`.
+What is disjoint, exactly: a problem's *arithmetic skeleton* (its start value and its sequence of
+operations, e.g. `4+5-6`) hashes into a bucket range of its split, so no val, test or OOD skeleton —
+and so no question — appears in train, whatever the split sizes. Single steps are shared: the
+step equations (`4 + 5 = 9`) recur across skeletons, and 97.8% of the first 1,000 test items
+(97.9% of val, 76.4% of OOD) consist only of step equations that the embedded models' build
+corpus contains; what a held-out item tests is composing seen steps into an unseen computation
+(OOD: also unseen numbers and forms). `val` is for choosing hyperparameters (never test or OOD).
+The `ood` split mirrors the GSM-PLUS perturbations that fit the task, each record tagged with its
+`perturbation_type`.
+
+`curate` is the prompts the demo's teacher answers: train-range problems of 2–3 operations whose
+skeletons are not in the embedded models' build corpus (`build_skeletons`: the first 40,000 train
+problems and the 20,000 drills of `tools/build_tiny_models.py`), so neither model has read any
+curation problem or its computation with a gold solution. Every one-operation skeleton of the
+train range is in that corpus, hence no one-step curation problems; 95.5% of the first 640
+curation items still consist only of seen step equations (single steps are not held out).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -35,7 +47,7 @@ from typing import Any, Literal
 
 from advdistill.template import template_response
 
-SPLITS = ("train", "val", "test", "ood")
+SPLITS = ("train", "curate", "val", "test", "ood")
 PERTURBATIONS = (
     "numerical substitution",
     "digit expansion",
@@ -44,7 +56,13 @@ PERTURBATIONS = (
     "reversing operation",
 )
 # Bucket ranges (of 100) that a skeleton must hash into for each split.
-_BUCKETS = {"train": range(0, 75), "val": range(75, 80), "test": range(80, 90), "ood": range(90, 100)}
+# `curate` draws from the train range too, minus every skeleton of the build corpus (below).
+_BUCKETS = {"train": range(0, 75), "curate": range(0, 75), "val": range(75, 80), "test": range(80, 90),
+            "ood": range(90, 100)}
+# The build corpus of the embedded models (`tools/build_tiny_models.py`'s defaults): the first
+# BUILD_TRAIN_PROBLEMS problems of the train split (seed 0) and BUILD_DRILLS arithmetic drills.
+BUILD_TRAIN_PROBLEMS = 40_000
+BUILD_DRILLS = 20_000
 
 Style = Literal["restate", "terse"]
 
@@ -292,7 +310,7 @@ def _ood_problem(rng: random.Random, d: Difficulty, kind: str) -> Problem:
 
 def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None = None,
                style: Style = "restate") -> list[dict[str, Any]]:
-    """`n` SPEC §8 records of a split (`train`, `val`, `test` or `ood`); the first n of a larger
+    """`n` SPEC §8 records of a split (`train`, `curate`, `val`, `test` or `ood`); the first n of a larger
     call are the same records (ids are stable: `synthetic-{split}-{seed}-{index}`), and `style`
     changes only the reference solution's wording, never the problems."""
     if split not in SPLITS:
@@ -306,20 +324,53 @@ def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty | None 
         if split == "ood":
             kind = PERTURBATIONS[index % len(PERTURBATIONS)]
             records.append(_record(split, seed, index, _ood_problem(rng, d, kind), style, perturbation_type=kind))
+        elif split == "curate":
+            records.append(_record(split, seed, index, _curate_problem(rng, d), style))
         else:
             start, ops = _sample(rng, d, split, rng.randint(1, d.max_ops))
             records.append(_record(split, seed, index, Problem.draw(rng, start, ops), style))
     return records
 
 
+def _drill_steps(n: int, seed: int, d: Difficulty) -> list[tuple[int, Op]]:
+    rng = random.Random(f"synthetic/drills/{seed}")
+    return [(start, ops[0]) for start, ops in (_sample(rng, d, "train", 1) for _ in range(n))]
+
+
 def arithmetic_drills(n: int, seed: int = 0, difficulty: Difficulty | None = None) -> list[tuple[str, str]]:
     """(question, response) pairs of bare operations on the train skeleton distribution: extra
     practice for the tiny models' arithmetic (used by `tools/build_tiny_models.py`, not a dataset)."""
-    d = difficulty or Difficulty()
-    rng = random.Random(f"synthetic/drills/{seed}")
     out = []
-    while len(out) < n:
-        start, ops = _sample(rng, d, "train", 1)
-        op, value = ops[0], ops[0].apply(start)
+    for start, op in _drill_steps(n, seed, difficulty or Difficulty()):
+        value = op.apply(start)
         out.append((f"What is {start} {op.symbol()} {op.operand}?", template_response(_line(start, op, value), str(value))))
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def build_skeletons(train_problems: int = BUILD_TRAIN_PROBLEMS, drills: int = BUILD_DRILLS) -> frozenset[tuple]:
+    """Every arithmetic skeleton the embedded models were built on (`tools/build_tiny_models.py`
+    with its defaults): those of the first `train_problems` train problems (seed 0) and of the
+    `drills` arithmetic drills (one operation each). The `curate` split draws none of them."""
+    d = Difficulty()
+    rng = random.Random("synthetic/train/0")
+    seen = set()
+    for _ in range(train_problems):  # make_split("train", ...)'s draws, without rendering any text
+        start, ops = _sample(rng, d, "train", rng.randint(1, d.max_ops))
+        Problem.draw(rng, start, ops)
+        seen.add(_skeleton(start, ops))
+    seen.update(_skeleton(start, [op]) for start, op in _drill_steps(drills, 0, d))
+    return frozenset(seen)
+
+
+def _curate_problem(rng: random.Random, d: Difficulty) -> Problem:
+    """A train-range problem of 2 to `max_ops` operations whose skeleton the builds never saw (every
+    one-operation skeleton of the train range is in the build corpus: 829 of them, all drawn)."""
+    if d.max_ops < 2:
+        raise ValueError("the curate split needs problems of at least 2 operations (Difficulty.max_ops >= 2)")
+    built = build_skeletons()
+    n_ops = rng.randint(2, d.max_ops)
+    while True:
+        start, ops = _sample(rng, d, "train", n_ops)
+        if _skeleton(start, ops) not in built:
+            return Problem.draw(rng, start, ops)
