@@ -98,3 +98,62 @@ def test_ablations_resample_skeletons_on_one_seed():
     text = ablations.render({**out, "wall_seconds": 60.0, "incorrect_overlap": {
         "incorrect_responses": 1, "mean": 0.9, "median": 0.9, "p10": 0.9}})
     assert "Intervals: 95% cluster bootstrap (val: 8 items in 4 skeletons" in text
+
+
+class _GridRunner:
+    """bench/fidelity.py's Runner without Ray: a run at rate lr scores `accuracy[lr]` of 8 val items."""
+
+    task = "synthetic"
+
+    def __init__(self, tmp_path, accuracy):
+        self.tmp, self.accuracy, self.trained = tmp_path, accuracy, []
+
+    def train(self, name, groups, mode, lr, seed, sets):
+        self.trained.append(lr)
+        return self.tmp / f"train-{name}-lr{lr:g}"
+
+    def evaluate(self, name, model, splits, limit):
+        lr = float(name.split("-lr")[1].split("-seed")[0])
+        right = round(self.accuracy[lr] * len(IDS))
+        folder = self.tmp / name
+        folder.mkdir()
+        (folder / "predictions.jsonl").write_text("".join(
+            json.dumps({"id": i, "correct": n < right, "cluster": CLUSTERS[i]}) + "\n" for n, i in enumerate(IDS)))
+        return {"val": folder}
+
+
+@pytest.mark.parametrize("accuracy, tried, chosen, extended, at_edge", [
+    # interior best: no extension
+    ({3.16e-4: 0.5, 1e-3: 0.75, 3.16e-3: 0.25}, [3.16e-4, 1e-3, 3.16e-3], 1e-3, None, False),
+    # best at the low edge: one half step below, which wins and is itself at the edge (reported)
+    ({1e-4: 0.875, 3.16e-4: 0.75, 1e-3: 0.5, 3.16e-3: 0.25}, [3.16e-4, 1e-3, 3.16e-3, 1e-4], 1e-4, 1e-4, True),
+    # best at the high edge, and the step above does worse: the edge rate stays, now interior
+    ({1e-3: 0.25, 3.16e-3: 0.5, 1e-2: 0.375}, [1e-3, 3.16e-3, 1e-2], 3.16e-3, 1e-2, False),
+    # a tie goes to the lower rate
+    ({3.16e-4: 0.5, 1e-3: 0.75, 3.16e-3: 0.75}, [3.16e-4, 1e-3, 3.16e-3], 1e-3, None, False),
+])
+def test_a_rate_at_the_grids_edge_extends_it_by_one_half_step(tmp_path, accuracy, tried, chosen, extended, at_edge):
+    runner = _GridRunner(tmp_path, accuracy)
+    grid = [lr for lr in tried if lr != extended]
+    s = fidelity.choose_rate(runner, "advdistill", "advdistill", [], tmp_path, 0, grid, 8)
+    assert runner.trained == tried
+    assert (s["chosen"], s["extended"], s["at_edge"]) == (chosen, extended, at_edge)
+    assert (s["val_n"], s["val_clusters"]) == (8, 4)
+    assert s["rates"][f"{chosen:g}"]["value"] == accuracy[chosen]
+    # the choice's own noise: chosen − runner-up, paired on the same val items, skeletons resampled
+    runner_up = s["runner_up"]
+    assert s["chosen_minus_runner_up"]["value"] == pytest.approx(accuracy[chosen] - accuracy[runner_up])
+    assert s["chosen_minus_runner_up"]["clusters"] == 4
+
+
+def test_half_steps_are_a_tenth_of_a_decade_apart_in_square_roots():
+    assert fidelity.half_step(1e-3, 1) == 3.16e-3 and fidelity.half_step(3.16e-4, -1) == 1e-4
+    assert fidelity.half_step(fidelity.LR_GRID[-1], 1) == 1e-2
+
+
+def test_clipping_is_the_share_of_steps_whose_pre_clip_norm_exceeds_the_limit(tmp_path):
+    steps = [{"step": i, "step_seconds": 1.0, "tokens": 10 * i, "grad_norm": g} for i, g in enumerate([0.2, 0.6, 1.5, 0.5], 1)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    cost = fidelity.training_cost(tmp_path, 0.5)
+    assert (cost["clipped_share"], cost["grad_norm_median"], cost["steps"], cost["tokens"]) == (0.5, 0.55, 4, 40)
+    assert "clipped_share" not in fidelity.training_cost(tmp_path)
