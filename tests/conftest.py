@@ -17,6 +17,7 @@ from tiers import (pytest_addoption, pytest_collection_modifyitems, pytest_confi
                    pytest_unconfigure)
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["serve_fixtures"]  # the Serve app fixture of the Serve test modules
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -4,16 +4,24 @@ forever when it cannot be started again."""
 
 import pytest
 
+from advdistill.config import ServeConfig
 from advdistill.serve.jobs import JobStore, job_state, new_job_id
+
+DEFAULTS = ServeConfig()
+
+
+def store_in(folder, heartbeat_s: float = DEFAULTS.job_heartbeat_s) -> JobStore:
+    """A store with the config's job settings (as an API replica makes one)."""
+    return JobStore(folder, heartbeat_s=heartbeat_s, max_attempts=DEFAULTS.job_attempts)
 
 
 def test_state_round_trips_and_unknown_or_malformed_ids_are_key_errors(tmp_path):
-    store = JobStore(tmp_path / "jobs")
+    store = store_in(tmp_path / "jobs")
     job = job_state(new_job_id(), "tiny-student", total=3)
     store.write(job)
     assert {k: v for k, v in store.read(job["id"]).items() if k != "updated_at"} == job
     store.write({**job, "status": "done", "done": 3, "result": {"metrics": {"accuracy": 1.0}}})
-    assert JobStore(tmp_path / "jobs").read(job["id"])["result"] == {"metrics": {"accuracy": 1.0}}  # a new replica
+    assert store_in(tmp_path / "jobs").read(job["id"])["result"] == {"metrics": {"accuracy": 1.0}}  # a new replica
     assert list((tmp_path / "jobs").iterdir()) == [tmp_path / "jobs" / f"{job['id']}.json"]  # no temporary left
     for bad in ("0" * 32, "../../etc/passwd", "A" * 32, ""):
         with pytest.raises(KeyError):
@@ -41,7 +49,7 @@ def test_a_job_without_heartbeat_reads_as_queued_again_until_it_cannot_be_restar
 
 
 def test_stale_lists_only_unfinished_jobs_past_their_heartbeat(tmp_path):
-    store = JobStore(tmp_path, heartbeat_s=1.0)
+    store = store_in(tmp_path, heartbeat_s=1.0)
     running, done = (job_state(new_job_id(), "m", total=3, status=s) for s in ("running", "done"))
     for job in (running, done):
         store.write(job)
@@ -54,7 +62,7 @@ def test_stale_lists_only_unfinished_jobs_past_their_heartbeat(tmp_path):
 
 
 def test_one_claim_per_attempt_across_stores(tmp_path):
-    first, second = JobStore(tmp_path), JobStore(tmp_path)  # two replicas on one shared folder
+    first, second = store_in(tmp_path), store_in(tmp_path)  # two replicas on one shared folder
     job_id = new_job_id()
     assert first.claim(job_id, 2) is True
     assert second.claim(job_id, 2) is False and first.claim(job_id, 2) is False

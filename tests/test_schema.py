@@ -133,9 +133,9 @@ def test_the_apis_response_models_cover_every_prediction_column_and_breakdown():
 def test_the_openai_routes_document_json_and_event_stream_answers():
     """With `stream: true` /v1/completions and /v1/chat/completions answer server-sent events:
     /openapi.json documents both content types of their 200 (read from the app, no Serve)."""
-    from advdistill.serve.app import api
+    from advdistill.serve.api import make_api
 
-    paths = api.openapi()["paths"]
+    paths = make_api().openapi()["paths"]
     for route, model in (("/v1/completions", "Completion"), ("/v1/chat/completions", "ChatCompletion")):
         content = paths[route]["post"]["responses"]["200"]["content"]
         assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}

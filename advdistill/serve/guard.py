@@ -1,18 +1,11 @@
-"""What the evaluation API checks before a request reaches FastAPI (`RequestGuard`: the bearer
-token first, then the body size), and the path containment rules for models and dataset files."""
+"""What the evaluation API checks before a request reaches FastAPI (`RequestGuard`): the bearer
+token first, then the body size. Plain ASGI: no Ray."""
 
 from __future__ import annotations
 
 import hmac
 import json
-from pathlib import Path
-from typing import Callable
-
-from ray import serve
-
-from advdistill.storage import location
-
-# ------------------------------------------------------------------------------ the guard
+from typing import Callable, NamedTuple
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list]:
@@ -23,29 +16,26 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> t
 
 # Paths that need no token: liveness and the API's documentation.
 PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+
+
+class GuardSettings(NamedTuple):
+    token: str | None  # None: no authentication
+    max_body_bytes: int  # serve.max_body_bytes
 
 
 class RequestGuard:
     """ASGI middleware, before FastAPI reads anything: the bearer token (401), then the body size
     (413 from Content-Length, or while the body arrives); the body is then handed on as read.
-    Settings come from the replica's `EvaluateAPI` (outside Serve: no token, the default limit)."""
+    `settings()` gives the token and the limit of the replica answering (the app is built before
+    any replica exists, so they are read per request)."""
 
-    def __init__(self, app: Callable) -> None:
-        self.app = app
-
-    @staticmethod
-    def _settings() -> tuple[str | None, int]:
-        try:
-            server = serve.get_replica_context().servable_object
-            return server.token, server.cfg.serve.max_body_bytes
-        except Exception:  # noqa: BLE001 - not in a Serve replica (tests of the bare app)
-            return None, DEFAULT_MAX_BODY_BYTES
+    def __init__(self, app: Callable, settings: Callable[[], GuardSettings]) -> None:
+        self.app, self.settings = app, settings
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        token, max_bytes = self._settings()
+        token, max_bytes = self.settings()
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
         root = scope.get("root_path", "")  # an app under a route prefix: ASGI's path includes it
@@ -97,32 +87,3 @@ def bearer_ok(header: bytes, token: str) -> bool:
 async def _respond(send: Callable, status: int, body: bytes, headers: list) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-
-def inside_location(root: str, candidate: str):
-    """`candidate` (a relative path without `..`) under a URI root, as a `storage.Location`."""
-    parts = candidate.split("/")
-    if not candidate or candidate.startswith("/") or "://" in candidate or ".." in parts or "\0" in candidate:
-        return None
-    return location(root) / candidate
-
-
-def inside(root: Path, candidate: str) -> Path | None:
-    """`candidate` resolved under `root`, or None if it would leave it (.., absolute, symlinks)
-    or cannot be a path at all (NUL bytes, names too long for the OS)."""
-    try:
-        root = root.resolve()
-        path = (root / candidate).resolve()
-    except (OSError, ValueError, RuntimeError):
-        return None
-    return path if path == root or root in path.parents else None
-
-
-def is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-

@@ -1,6 +1,7 @@
-"""Evaluation jobs: a long evaluation runs in the background of the ingress replica, its state
-kept as one JSON file per job in `serve.jobs_folder`, so a client polls instead of holding a
-connection open, and a finished job's result outlives the replica that computed it.
+"""Evaluation job files: a long evaluation runs in the background of the ingress replica
+(`job_runner`), its state kept as one JSON file per job in `serve.jobs_folder`, so a client polls
+instead of holding a connection open, and a finished job's result outlives the replica that
+computed it.
 
 A job is `queued` → `running` (with `done`/`total` items) → `done` (with the same body
 `/evaluate` returns) or `failed` (with the error). The running replica rewrites the file as
@@ -32,9 +33,10 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    """The job files of one folder."""
+    """The job files of one folder; `heartbeat_s` and `max_attempts` are `serve.job_heartbeat_s`
+    and `serve.job_attempts`."""
 
-    def __init__(self, folder: str | Path, heartbeat_s: float = 10.0, max_attempts: int = 3):
+    def __init__(self, folder: str | Path, heartbeat_s: float, max_attempts: int):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.heartbeat_s = heartbeat_s  # the running replica writes the file at least this often

@@ -2,12 +2,12 @@
 `/v1/chat/completions`, `stream: true` as server-sent events), so lm-eval's `local-completions`,
 the OpenAI SDKs and chat UIs can use a served student.
 
-A thin layer over the same model replicas as `/evaluate` (`serve.app`): the same auth, limits
+A thin layer over the same model replicas as `/evaluate`: the same auth, limits
 and context check; prompts are rendered with the model's own chat template for chat requests and
 passed as given for completions. The request schemas accept what OpenAI clients send and refuse
 (422, naming the field) what this server cannot honour — `logprobs`, `echo`, penalties, `best_of`
 — rather than silently ignore it. This module holds the schemas and the answer/chunk builders;
-the routes live on the ingress (`serve.app.EvaluateAPI`).
+the routes are `serve.routes.openai`, the checks `serve.planning`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class CompletionRequest(_Sampled):
         Annotated[Text, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]] = Field(
         description=f"a prompt or a list of up to {MAX_PROMPTS}, passed to the model as given (no chat template)")
     max_tokens: int = Field(OPENAI_DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1,
-                            description="at most serve.max_tokens_limit (413)")
+                            description="at most serve.max_request_tokens (413)")
     echo: Literal[False] = Field(False, description="not supported (false only)")
     best_of: Literal[1] | None = Field(None, description="not supported (1 only)")
 

@@ -1,6 +1,7 @@
-"""The evaluation API's request and error schemas (`advdistill.serve.app`): every string and list
-bounded, NaN/Infinity, NUL bytes and lone surrogates refused, and validation errors that name the
-field with a short excerpt of the input, never the input itself."""
+"""The evaluation API's request, answer and error schemas: every string and list bounded,
+NaN/Infinity, NUL bytes and lone surrogates refused, and validation issues that name the field
+with a short excerpt of the input, never the input itself (`issue`; `error_handlers` answers
+them)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import reprlib
 from functools import lru_cache
 from typing import Annotated, Any, Literal, NamedTuple
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from advdistill.data.loaders import DATASET_SUFFIXES
@@ -75,7 +73,7 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     temperature: float | None = Field(None, ge=0, le=2, description="default: greedy (0)")
     max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT,
-                                   description="default: the config's eval.max_tokens; at most serve.max_tokens_limit "
+                                   description="default: the config's eval.max_tokens; at most serve.max_request_tokens "
                                                "(413)")
     few_shot: int | None = Field(None, ge=0, le=MAX_FEW_SHOT,
                                  description="default: the model's (k for base models, 0 otherwise); at most the "
@@ -300,31 +298,3 @@ def _safe_loc(part: Any) -> str | int:
 
 def issue(loc: list[Any], msg: str, kind: str = "value_error", value: Any = None) -> dict[str, Any]:
     return {"type": kind, "loc": [_safe_loc(p) for p in loc], "msg": excerpt(msg, 500) or "", "input": excerpt(value)}
-
-
-def validation_error(issues: list[dict[str, Any]]) -> JSONResponse:
-    shown = issues[:MAX_ERRORS_SHOWN]
-    if len(issues) > MAX_ERRORS_SHOWN:
-        shown.append(issue(["body"], f"{len(issues) - MAX_ERRORS_SHOWN} more errors not shown", "too_many_errors"))
-    return JSONResponse(status_code=422, content={"detail": shown})
-
-
-class RequestInvalid(Exception):
-    """A 422 found after parsing (a reference, few_shot, a prompt too long for the context)."""
-
-    def __init__(self, issues: list[dict[str, Any]]):
-        super().__init__(issues[0]["msg"] if issues else "invalid request")
-        self.issues = issues
-
-
-async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's own handler echoes every input in full (a 20 MB body comes back) and fails with a
-    # 500 on inputs JSON cannot carry (NaN, lone surrogates): excerpts only.
-    return validation_error([issue(list(e.get("loc", ())), str(e.get("msg", "")), str(e.get("type", "value_error")),
-                                   e.get("input")) for e in exc.errors()])
-
-
-async def on_request_invalid(request: Request, exc: RequestInvalid) -> JSONResponse:
-    return validation_error(exc.issues)
-
-

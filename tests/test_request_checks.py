@@ -1,0 +1,407 @@
+"""Every request check of the evaluation API and its status (401/404/413/422/429/502/504), without
+Ray: the real FastAPI app (`serve.api.make_api`: guard, routes, error handlers) around an
+`EvaluationService` with the tiny models' real tokenizers and no model replica — a request that
+passed every check would need one, so each case here is answered before generation. The cases
+are those the Serve tests (tests/test_serve.py, tests/test_abuse.py) once sent over HTTP; the
+Serve tests keep what needs Serve (generation, jobs, replicas, the proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from advdistill.config import ServeConfig, load_config, with_overrides
+from advdistill.data.synthetic import make_split
+from advdistill.evaluation.metrics import summarize
+from advdistill.serve.api import make_api
+from advdistill.serve.catalog import checkpoint_folders, load_tokenizer, model_folder
+from advdistill.serve.error_handlers import STATUS, error_response, failure_text, status_of
+from advdistill.serve.errors import (
+    ApiError,
+    Busy,
+    Invalid,
+    NotFound,
+    Timeout,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    UpstreamFailed,
+)
+from advdistill.serve.job_runner import JobRunner
+from advdistill.serve.jobs import JobStore
+from advdistill.serve.planning import Plan, load_failure
+from advdistill.serve.schemas import DatasetRef, EvaluateRequest, EvaluateResponse
+from advdistill.serve.service import EvaluationService
+
+from conftest import REPO
+
+ITEMS = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in make_split("test", 16)]
+TOKEN = "abuse-t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MODEL = "tiny-student"
+GOOD = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in make_split("test", 8)]
+# tests/test_abuse.py's limits, and tests/test_serve.py's
+ABUSE_LIMITS = {"max_items": 8, "max_request_tokens": 160, "max_body_bytes": 2**20, "max_dataset_bytes": 8 * 2**20}
+SERVE_LIMITS = {"max_items": 1000, "max_request_tokens": 512}
+SHORT = {"max_tokens": 16}
+HUGE_REFERENCE = "9^{9^{9}}"
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {name: load_tokenizer(str(REPO / "models" / name)) for name in ("tiny-student", "tiny-teacher")}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """tests/test_abuse.py's data root, with tests/test_serve.py's files beside."""
+    root = tmp_path_factory.mktemp("data-root")
+    rows = [json.dumps(r) for r in make_split("test", 4)]
+    (root / "good.jsonl").write_text("\n".join(rows) + "\n")
+    (root / "mixed.jsonl").write_bytes(rows[0].encode() + b"\n\xff\xfe not utf-8\n" + rows[1].encode() + b"\n{broken\n")
+    (root / "notes.txt").write_text("not a dataset\n")
+    (root / "prose.jsonl").write_text("This file holds prose, not JSON lines.\nNothing here is a record.\n")
+    (root / "empty.jsonl").write_text("")
+    (root / "broken.parquet").write_bytes(b"PAR1 but truncated")
+    (root / "big.jsonl").write_text((rows[0] + "\n") * (ABUSE_LIMITS["max_dataset_bytes"] // len(rows[0]) + 10))
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "good.jsonl").write_text(rows[0] + "\n")
+    (root.parent / "outside.jsonl").write_text(rows[0] + "\n")
+    (root / "gsm8k-3.jsonl").write_text("\n".join(rows[:3]) + "\n")
+    secret = tmp_path_factory.mktemp("outside") / "secret.jsonl"
+    secret.write_text(rows[0] + "\n")
+    (root / "link.jsonl").symlink_to(secret)
+    return root
+
+
+def make_service(tmp_path_factory, data_root, tokenizers, limits: dict, token: str | None = None
+                 ) -> EvaluationService:
+    serve = {**limits, "data_root": str(data_root), "jobs_folder": str(tmp_path_factory.mktemp("jobs")),
+             "checkpoint_root": str(REPO), "token_env": "ADVDISTILL_TEST_REQUEST_CHECKS_TOKEN"}
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.yaml"), {f"serve.{k}": v for k, v in serve.items()})
+    descriptions = [{"name": MODEL, "few_shot": 0}, {"name": "tiny-teacher", "few_shot": cfg.prompt.few_shot}]
+    with pytest.MonkeyPatch.context() as env:
+        if token is not None:
+            env.setenv(cfg.serve.token_env, token)
+        else:
+            env.delenv(cfg.serve.token_env, raising=False)
+        # No model replica: `handle` None. Nothing below reaches generation.
+        return EvaluationService(cfg, {MODEL: None, "tiny-teacher": None}, descriptions, tokenizers)
+
+
+@pytest.fixture(scope="module")
+def abuse_service(tmp_path_factory, data_root, tokenizers):
+    """tests/test_abuse.py's settings: a token, small limits."""
+    return make_service(tmp_path_factory, data_root, tokenizers, ABUSE_LIMITS, token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def abuse(abuse_service):
+    with TestClient(make_api(lambda: abuse_service)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, data_root, tokenizers):
+    """tests/test_serve.py's settings: no token, 1000 items, 512 tokens."""
+    served = make_service(tmp_path_factory, data_root, tokenizers, SERVE_LIMITS)
+    with TestClient(make_api(lambda: served)) as client:
+        yield client
+
+
+def post(client, body=None, *, raw: bytes | None = None, headers=AUTH, path="/evaluate"):
+    content = raw if raw is not None else json.dumps(body).encode()
+    return client.post(path, content=content, headers={"content-type": "application/json", **(headers or {})})
+
+
+def items(**overrides):
+    return {"model": MODEL, "items": [dict(GOOD[0], **overrides)], "sampling": SHORT}
+
+
+def loc_of(response) -> list:
+    return [e["loc"] for e in response.json()["detail"]]
+
+
+# ------------------------------------------------------------------ 401 first, 413 for size
+
+
+def test_authentication_comes_before_the_body_is_read(abuse):
+    assert post(abuse, raw=b"{not json", headers=None).status_code == 401
+    assert post(abuse, raw=b"x" * (3 * 2**20), headers=None).status_code == 401
+    wrong = post(abuse, items(), headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    for path in ("/models", "/v1/models", "/evaluations/" + "0" * 32):
+        assert abuse.get(path).status_code == 401
+    assert post(abuse, {}, headers=None, path="/v1/chat/completions").status_code == 401
+    # liveness and the API's documentation stay open
+    assert abuse.get("/healthz").json() == {"status": "ok"}
+    assert abuse.get("/openapi.json").status_code == 200
+
+
+def test_body_size_limit_is_413_whether_declared_or_streamed(abuse):
+    big = {"model": MODEL, "items": [dict(GOOD[0], question="x" * (2 * 2**20))]}
+    response = post(abuse, big)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert len(response.content) < 500  # the 2 MB question is not echoed back
+
+    def chunks():
+        yield b'{"model": "tiny-student", "items": [{"task": "synthetic", "question": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}]}'
+
+    streamed = abuse.post("/evaluate", content=chunks(), headers={"content-type": "application/json", **AUTH})
+    assert streamed.status_code == 413
+
+
+# ------------------------------------------------------------------ 422 naming the field
+
+
+BAD_REQUESTS = [
+    ("temperature NaN", b'{"model": "tiny-student", "items": [{"question": "q", "reference": "1", "task": "synthetic"}],'
+                        b' "sampling": {"temperature": NaN}}', ["body", "sampling", "temperature"]),
+    ("temperature Infinity", b'{"model": "tiny-student", "items": [{"question": "q", "reference": "1", "task": '
+                             b'"synthetic"}], "sampling": {"temperature": Infinity}}', ["body", "sampling", "temperature"]),
+    ("lone surrogate in a question", b'{"model": "tiny-student", "items": [{"question": "a \\udfff b", "reference": "1",'
+                                     b' "task": "synthetic"}]}', ["body", "items", 0, "question"]),
+    ("lone surrogate in the model", b'{"model": "\\ud800", "items": [{"question": "q", "reference": "1", '
+                                    b'"task": "synthetic"}]}', ["body", "model"]),
+    ("lone surrogate in a key", b'{"model": "tiny-student", "\\udfff": 1, "items": [{"question": "q", "reference": "1",'
+                                b' "task": "synthetic"}]}', ["body"]),
+    ("NUL in a question", json.dumps(items(question="a\x00b")).encode(), ["body", "items", 0, "question"]),
+    ("NUL in a dataset path", json.dumps({"model": MODEL, "dataset": {"name": "synthetic", "split": "test",
+                                                                      "path": "good\x00.jsonl"}}).encode(),
+     ["body", "dataset", "path"]),
+    ("10,000-character path", json.dumps({"model": MODEL, "dataset": {"name": "synthetic", "split": "test",
+                                                                       "path": "a" * 10_000}}).encode(),
+     ["body", "dataset", "path"]),
+    ("reference of 2,000 characters", json.dumps(items(reference="1" * 2000)).encode(), ["body", "items", 0, "reference"]),
+    ("reference a number task cannot judge", json.dumps(items(reference=HUGE_REFERENCE)).encode(),
+     ["body", "items", 0, "reference"]),
+    ("10 choices of 100k characters", json.dumps({"model": MODEL, "items": [{"question": "q", "reference": "A",
+                                                                             "task": "mmlu_pro",
+                                                                             "choices": ["c" * 100_000] * 10}]}).encode(),
+     ["body", "items", 0, "choices", 0]),
+    ("few_shot 5 > the 4 exemplars", json.dumps({**items(), "sampling": {"few_shot": 5, "max_tokens": 8}}).encode(),
+     ["body", "sampling", "few_shot"]),
+    ("few_shot 16", json.dumps({**items(), "sampling": {"few_shot": 16, "max_tokens": 8}}).encode(),
+     ["body", "sampling", "few_shot"]),
+    ("question longer than the context", json.dumps(items(question="How many apples? " * 600)).encode(),
+     ["body", "items", 0, "question"]),
+    ("question of 200k characters", json.dumps(items(question="q" * 200_000)).encode(), ["body", "items", 0, "question"]),
+    ("items and dataset", json.dumps({**items(), "dataset": {"name": "synthetic", "split": "test"}}).encode(), ["body"]),
+    ("items null", json.dumps({"model": MODEL, "items": None, "dataset": {"name": "synthetic", "split": "test",
+                                                                          "limit": 2}}).encode(), ["body", "items"]),
+    ("malformed JSON", b'{"model": "tiny-student", "items": [', ["body", 36]),
+    ("hub dataset without a file", json.dumps({"model": MODEL, "dataset": {"name": "gsm8k", "split": "test"}}).encode(),
+     ["body", "dataset", "path"]),
+    ("a file that is not a dataset", json.dumps({"model": MODEL, "dataset": {"name": "synthetic", "split": "test",
+                                                                             "path": "notes.txt"}}).encode(),
+     ["body", "dataset", "path"]),
+    ("JSONL of prose", json.dumps({"model": MODEL, "dataset": {"name": "synthetic", "split": "test",
+                                                               "path": "prose.jsonl"}}).encode(), ["body", "dataset"]),
+    ("empty dataset", json.dumps({"model": MODEL, "dataset": {"name": "synthetic", "split": "test",
+                                                              "path": "empty.jsonl"}}).encode(), ["body", "dataset"]),
+    ("truncated Parquet", json.dumps({"model": MODEL, "dataset": {"name": "synthetic", "split": "test",
+                                                                  "path": "broken.parquet"}}).encode(),
+     ["body", "dataset", "path"]),
+]
+
+
+@pytest.mark.parametrize("raw, loc", [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS])
+@pytest.mark.parametrize("path", ["/evaluate", "/evaluations"])
+def test_bad_requests_are_422_naming_the_field_with_a_short_excerpt(abuse, path, raw, loc):
+    response = post(abuse, raw=raw, path=path)  # a job is checked as /evaluate is, before it is queued
+    assert response.status_code == 422, response.text[:500]
+    assert loc in loc_of(response), response.text[:500]
+    assert len(response.content) < 4000  # never the input echoed back (200k characters here)
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"model": MODEL, "dataset": {"name": "synthetic", "split": "test", "path": "big.jsonl"}}, 413, "limit"),
+    ({"model": MODEL, "dataset": {"name": "synthetic", "split": "test", "path": ".hidden/good.jsonl"}}, 404, "not found"),
+    ({"model": MODEL, "dataset": {"name": "synthetic", "split": "test", "path": "../outside.jsonl"}}, 404,
+     "not found"),
+    ({"model": MODEL, "items": GOOD * 2}, 413, "limit of 8"),
+    ({"model": MODEL, "items": GOOD[:1], "sampling": {"max_tokens": 161}}, 413, "max_tokens"),
+    ({"model": MODEL, "dataset": {"name": "synthetic", "split": "test"}}, 413, "limit"),
+    ({"model": "x" * 150, "items": GOOD[:1]}, 404, "unknown model"),
+])
+def test_limits_and_unknown_names(abuse, body, status, needle):
+    response = post(abuse, {"sampling": SHORT, **body})
+    assert response.status_code == status, response.text[:500]
+    assert needle in response.json()["detail"] and len(response.content) < 1000
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"items": ITEMS[:1]}, 422, "model"),
+        ({"model": "tiny-student"}, 422, "exactly one"),
+        ({"model": "tiny-student", "items": ITEMS[:1], "dataset": {"name": "synthetic", "split": "test"}}, 422, "exactly one"),
+        ({"model": "tiny-student", "items": [{"question": "q", "task": "nope"}]}, 422, "task"),
+        ({"model": "tiny-student", "items": [{"question": "q", "task": "mmlu_pro", "choices": list("ABCDEFGHIJK")}]}, 422, "choices"),
+        ({"model": "tiny-student", "items": ITEMS[:1], "sampling": {"temperature": -1}}, 422, "temperature"),
+        ({"model": "no-such-model", "items": ITEMS[:1]}, 404, "unknown model"),
+        ({"model": "../models/tiny-student", "items": ITEMS[:1]}, 404, "unknown model"),
+        ({"model": "tiny-student", "items": ITEMS[:1] * 1001}, 413, "limit of 1000"),
+        ({"model": "tiny-student", "items": ITEMS[:1], "sampling": {"max_tokens": 513}}, 413, "max_tokens"),
+        ({"model": "tiny-student", "dataset": {"name": "synthetic", "split": "test", "limit": 1001}}, 413, "limit"),
+        ({"model": "tiny-student", "dataset": {"name": "synthetic", "split": "train"}}, 413, "limit of 1000"),
+        ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "test", "path": "../outside/secret.jsonl"}}, 404, "not found"),
+        ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "test", "path": "/etc/passwd"}}, 404, "not found"),
+        ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "test", "path": "link.jsonl"}}, 404, "not found"),
+        ({"model": "tiny-student", "dataset": {"name": "gsm8k", "split": "dev", "path": "gsm8k-3.jsonl"}}, 404, "splits"),
+    ],
+)
+def test_bad_requests_get_clear_errors(plain, body, status, needle):
+    response = post(plain, body, headers=None)
+    assert response.status_code == status, response.text
+    assert needle in response.text
+
+
+@pytest.mark.parametrize("path, body, status, needle", [
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "logprobs": 5}, 422, "logprobs"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "echo": True}, 422, "echo"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "n": 2, "temperature": 0}, 422, "greedy"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "max_tokens": 513}, 413, "max_tokens"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": ["x"] * 64, "n": 16, "temperature": 1}, 413,
+     "64 prompts x n=16 exceed the limit of 1000"),
+    ("/v1/completions", {"model": "tiny-student", "prompt": "word " * 3000}, 422, "too long"),
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "unknown model"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": []}, 422, "messages"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "tool", "content": "x"}]}, 422, "role"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "user", "content": "x"}],
+                              "temperature": float("nan")}, 422, "temperature"),
+    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "user", "content": "word " * 3000}]},
+     422, "too long"),
+])
+def test_openai_routes_refuse_what_they_cannot_honour(plain, path, body, status, needle):
+    response = post(plain, raw=json.dumps(body).encode(), headers=None, path=path)
+    assert response.status_code == status, response.text
+    assert needle in response.text
+
+
+def test_openapi_documents_the_status_codes_and_the_one_of_rule(abuse):
+    schema = abuse.get("/openapi.json").json()
+    responses = schema["paths"]["/evaluate"]["post"]["responses"]
+    assert {"200", "401", "404", "413", "422"} <= set(responses)
+    assert "401" in schema["paths"]["/models"]["get"]["responses"]
+    assert "429" in schema["paths"]["/evaluations"]["post"]["responses"]
+    request = schema["components"]["schemas"]["EvaluateRequest"]
+    assert request["oneOf"] == [{"required": ["items"]}, {"required": ["dataset"]}]
+    assert schema["components"]["schemas"]["Item"]["properties"]["reference"]["anyOf"][0]["maxLength"] == 1000
+
+
+def test_unknown_evaluation_jobs_are_404(plain):
+    for unknown in ("0" * 32, "not-a-job-id"):
+        response = plain.get(f"/evaluations/{unknown}")
+        assert response.status_code == 404 and "no evaluation job" in response.json()["detail"]
+
+
+# ------------------------------------------------------------------ the planning layer itself
+
+
+def test_dataset_rows_that_fail_are_quarantined_with_their_line_numbers(abuse_service):
+    body = {"model": MODEL, "dataset": {"name": "synthetic", "split": "test", "path": "mixed.jsonl"}, "sampling": SHORT}
+    plan = asyncio.run(abuse_service.planner.evaluation(EvaluateRequest.model_validate(body)))
+    assert isinstance(plan, Plan) and len(plan.records) == 2 and plan.params["max_tokens"] == 16
+    assert [(q["line"], q["reason"].split(":")[0]) for q in plan.quarantined] == [(2, "not UTF-8"), (4, "not JSON")]
+    assert all("source" not in q for q in plan.quarantined)
+
+
+def test_a_dataset_load_over_load_timeout_s_is_504(tmp_path_factory, data_root, tokenizers):
+    rows = "".join(json.dumps({"id": f"row-{i:06d}", "question": "q", "reference": "1"}) + "\n" for i in range(50_000))
+    (data_root / "slow.jsonl").write_text(rows)
+    served = make_service(tmp_path_factory, data_root, tokenizers, {**ABUSE_LIMITS, "load_timeout_s": 0.001})
+    with TestClient(make_api(lambda: served)) as client:
+        response = post(client, {"model": MODEL, "dataset": {"name": "synthetic", "split": "test", "path": "slow.jsonl"}},
+                        headers=None)
+    assert response.status_code == 504 and "longer than 0.001 s" in response.json()["detail"]
+
+
+def test_dataset_load_failures_map_to_their_status():
+    ref, limits = DatasetRef(name="gsm8k", split="test"), ServeConfig(data_root="data")
+    assert status_of(load_failure(asyncio.TimeoutError(), ref, limits)) == 504
+    assert status_of(load_failure(FileNotFoundError("gone"), ref, limits)) == 404
+    unreachable = load_failure(ConnectionError("no network"), ref, limits)  # the hub, with allow_hub
+    assert status_of(unreachable) == 502 and "gsm8k" in unreachable.detail
+
+
+def test_every_error_kind_has_one_status_and_its_headers():
+    assert {kind.__name__: code for kind, code in STATUS.items()} == {
+        "Unauthorized": 401, "NotFound": 404, "TooLarge": 413, "Invalid": 422, "Busy": 429, "UpstreamFailed": 502,
+        "Unavailable": 503, "Timeout": 504}
+    assert set(STATUS) == set(ApiError.__subclasses__())  # no kind of error without a status
+    assert error_response(Unauthorized()).headers["www-authenticate"] == "Bearer"
+    assert error_response(Busy("2 running")).headers["retry-after"] == "30"
+    body = json.loads(error_response(TooLarge("over")).body)
+    assert body == {"detail": "over"}
+    many = [{"type": "value_error", "loc": ["body", "items", i, "question"], "msg": "too long", "input": None}
+            for i in range(25)]
+    shown = json.loads(error_response(Invalid(many)).body)["detail"]
+    assert len(shown) == 21 and shown[-1]["msg"] == "5 more errors not shown"
+    # a job that fails records what the route would have answered
+    assert failure_text(NotFound("unknown model 'x'")) == "404: unknown model 'x'"
+    assert failure_text(Invalid(many)) == "422: too long"
+    assert failure_text(Unavailable("the model's replicas failed 3 times")).startswith("503: ")
+    assert failure_text(Timeout("slow")) == "504: slow" and failure_text(UpstreamFailed("hub")) == "502: hub"
+    assert failure_text(RuntimeError("boom")) == "RuntimeError: boom"
+
+
+def test_jobs_beyond_max_concurrent_jobs_are_429(tmp_path):
+    """The runner admits `serve.max_concurrent_jobs` jobs; the next is Busy until one ends."""
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def execute(plan, progress):  # a job that runs until released
+            await release.wait()
+            metrics = summarize(["<answer>\\boxed{1}</answer>"], [5], [True])
+            return EvaluateResponse.model_validate({"model": plan.model, "few_shot": 0, "metrics": metrics,
+                                                    "results": []})
+
+        async def not_adopting(body):
+            raise AssertionError("no job is adopted here")
+
+        async def off_loop(fn, *args, **kwargs):
+            return fn(*args, **kwargs)
+
+        store = JobStore(tmp_path, heartbeat_s=60.0, max_attempts=3)
+        runner = JobRunner(store, 1, plan=not_adopting, execute=execute, off_loop=off_loop)
+        body = EvaluateRequest.model_validate({"model": MODEL, "items": GOOD[:1]})
+        plan = Plan(MODEL, None, [{"id": "a"}], None, None, 0, {})
+        first = runner.submit(body, plan)
+        with pytest.raises(Busy) as busy:
+            runner.submit(body, plan)
+        assert status_of(busy.value) == 429 and "1 evaluation jobs are running" in busy.value.detail
+        release.set()
+        await runner.running[first["id"]]
+        assert (await runner.read(first["id"]))["status"] == "done"
+        assert store.load_request(first["id"]) is None  # finished: its request file is gone
+        runner.submit(body, plan)  # room again
+        await asyncio.gather(*runner.running.values())
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ on-demand checkpoints
+
+
+def test_a_request_names_only_model_folders_inside_the_checkpoint_root(tmp_path):
+    root = tmp_path / "checkpoints"
+    for folder in ("runs/a/train-advdistill/final", "runs/b/train-sft/final", ".hidden/m"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "config.json").write_text("{}")
+        (root / folder / "model.safetensors").write_bytes(b"")
+    (root / "escape").symlink_to(REPO / "models")
+    shutil.copytree(REPO / "models" / "tiny-student", tmp_path / "outside-model")
+    path, model_id = model_folder(str(root), "./runs/b/train-sft/final/")
+    assert model_id == "runs/b/train-sft/final" and path == (root / model_id).resolve()
+    for bad in ("../outside-model", "escape/tiny-student", "/etc", ".hidden/m", "runs/a", "runs/none/final", "a\x00b"):
+        assert model_folder(str(root), bad) is None, bad
+    assert checkpoint_folders(str(root)) == ["runs/a/train-advdistill/final", "runs/b/train-sft/final"]
