@@ -1,7 +1,12 @@
 """The continuously fed vLLM engine (`generation.step_loop`): calls from several threads share one
 running engine and get exactly what one blocking `LLM.generate` gives for the same seeds; a bad
-call fails alone; a broken engine fails its waiting calls instead of hanging them."""
+call fails alone; a broken engine fails its waiting calls instead of hanging them — a hung step
+too (a real engine whose step blocks inside vLLM), and an output whose id matches no request
+(a vLLM whose ids changed form). The installed vLLM has what the loop calls; seeding per prompt
+repeats its samples, per batch does not."""
 
+import gc
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -9,9 +14,10 @@ from transformers import AutoTokenizer
 
 from advdistill.data.synthetic import make_split
 from advdistill.generation.base import GenerationParams
-from advdistill.generation.engines import VLLMEngine
-from advdistill.generation.rows import prompt_seed
-from advdistill.generation.step_loop import EngineLoopError
+from advdistill.generation.engines import VLLMEngine, configure_vllm_cpu_env, resolve_dtype
+from advdistill.generation.rows import generate_rows, prompt_seed
+from advdistill.generation.step_loop import EngineLoopError, EngineStalled, RequestIdMismatch, StepLoop
+from advdistill.generation.vllm_api import TESTED_VLLM, check_vllm_api
 from advdistill.prompts import build_prompt
 
 from conftest import TINY_TEACHER
@@ -68,9 +74,109 @@ def test_a_bad_call_fails_alone(engine, prompts_and_seeds, tiny_cfg):
     assert len(engine.generate(prompts[:2], PARAMS, seeds[:2])) == 2  # and the engine goes on
 
 
+def test_an_output_whose_id_matches_no_request_fails_every_call(engine, prompts_and_seeds):
+    prompts, seeds = prompts_and_seeds
+    llm = engine.llm
+
+    class RenamedIds:
+        """vLLM as a release would be whose LLM.enqueue ids no longer take apart into the ids
+        its outputs carry."""
+
+        llm_engine = llm.llm_engine
+
+        def enqueue(self, prompts, sampling, use_tqdm=False):
+            return [f"req:{request_id}" for request_id in llm.enqueue(prompts, sampling, use_tqdm=use_tqdm)]
+
+    loop = StepLoop(RenamedIds(), stall_timeout_s=60)
+    one = GenerationParams(n=1, temperature=0.9, max_tokens=8)
+    try:
+        with pytest.raises(RequestIdMismatch, match=f"request-id format changed.*vLLM {TESTED_VLLM}"):
+            loop.generate(prompts[:3], [engine._sampling(one, seed) for seed in seeds[:3]])
+    finally:
+        loop._thread.join(timeout=60)
+        while llm.llm_engine.has_unfinished_requests():  # the module's engine goes on clean
+            llm.llm_engine.step()
+    assert len(engine.generate(prompts[:2], PARAMS, seeds[:2])) == 2
+
+
+def test_seeding_per_prompt_repeats_samples_and_per_batch_does_not(engine, tiny_cfg):
+    records = make_split("test", 6, seed=5)
+
+    def responses(seeding):
+        rows = generate_rows(engine, records, PARAMS, prompt=tiny_cfg.prompt, few_shot=0, seed=7, seeding=seeding)
+        return [row["responses"] for row in rows]
+
+    assert responses("per_prompt") == responses("per_prompt")  # resumable: the same samples on a rerun
+    assert responses("per_batch") != responses("per_batch")  # the engine's generator moved on
+
+
+# The tests below start engines of their own. Two vLLM engines in one process share its parallel
+# state: destroying one breaks the other (FIELD-NOTES), so they come after every test that uses
+# the module's engine.
+
+
 def test_a_closed_loop_refuses_calls_instead_of_hanging(tiny_cfg, prompts_and_seeds):
     prompts, seeds = prompts_and_seeds
     engine = VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine, continuous=True)
     engine.step_loop.close()
     with pytest.raises(EngineLoopError):
         engine.generate(prompts[:1], PARAMS, seeds[:1])
+
+
+def test_the_installed_vllm_has_what_the_step_loop_calls():
+    import vllm
+
+    check_vllm_api()  # the check every vLLM engine runs before its weights load: nothing missing
+    assert vllm.__version__ == TESTED_VLLM
+
+
+class HangWhileArmed:
+    """A vLLM logits processor whose `apply` blocks while `armed` is set, until `release` is: the
+    engine's step then hangs inside vLLM, as on a stuck kernel or collective."""
+
+    armed, release = threading.Event(), threading.Event()
+
+    def __init__(self, vllm_config, device, is_pin_memory):
+        pass
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update) -> None:
+        pass
+
+    def apply(self, logits):
+        if self.armed.is_set():
+            self.release.wait()
+        return logits
+
+
+def test_a_hung_step_fails_its_calls_and_refuses_new_ones(engine, prompts_and_seeds):
+    from vllm import LLM
+    from vllm.v1.sample.logits_processor import LogitsProcessor
+
+    prompts, seeds = prompts_and_seeds
+    gc.collect()  # an engine an earlier test dropped is destroyed now, not while this one starts (FIELD-NOTES)
+    configure_vllm_cpu_env()
+    processor = type("HangingProcessor", (HangWhileArmed, LogitsProcessor), {})
+    llm = LLM(model=str(TINY_TEACHER), max_model_len=1024, dtype=resolve_dtype("auto", False), enforce_eager=True,
+              enable_chunked_prefill=False, logits_processors=[processor], seed=0)
+    loop = StepLoop(llm, stall_timeout_s=2.0)
+
+    def call(start: int):  # two prompts with their seeds, sampled as the module's engine samples
+        return loop.generate(prompts[start:start + 2], [engine._sampling(PARAMS, s) for s in seeds[start:start + 2]])
+
+    try:
+        assert len(call(0)) == 2  # steps that return: no stall, however long the requests
+        HangWhileArmed.armed.set()
+        with ThreadPoolExecutor(2) as pool:
+            for waiting in [pool.submit(call, start) for start in (0, 2)]:
+                with pytest.raises(EngineStalled, match=r"no progress for 2 s \(engine.stall_timeout_s\)"):
+                    waiting.result(timeout=120)
+        with pytest.raises(EngineStalled):  # a hung engine takes no more calls
+            call(4)
+    finally:
+        HangWhileArmed.release.set()  # the step returns; the loop sees it was failed and ends
+        loop._thread.join(timeout=60)
+        HangWhileArmed.armed.clear()
+    assert not loop._thread.is_alive()

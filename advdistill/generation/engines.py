@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 from advdistill.config import EngineConfig
 from advdistill.generation.base import Completion, Delta, GenerationParams, gpu_available
 from advdistill.generation.step_loop import StepLoop
+from advdistill.generation.vllm_api import check_vllm_api
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.schema import ENDED, TRUNCATED
 
@@ -47,10 +48,14 @@ def configure_vllm_cpu_env() -> None:
 class VLLMEngine:
     """`continuous` (the default): calls go through a `StepLoop`, so concurrent calls share the
     running engine (a new prompt starts as soon as a sequence ends); False: each call is one
-    blocking `LLM.generate` (the bare loop the curation benchmark compares against)."""
+    blocking `LLM.generate` (the bare loop the curation benchmark compares against).
+    `stall_at_step`: the step loop's fault injection (`StepLoop`), for tests only."""
 
-    def __init__(self, model: str, cfg: EngineConfig | None = None, seed: int = 0, *, continuous: bool = True):
+    def __init__(self, model: str, cfg: EngineConfig | None = None, seed: int = 0, *, continuous: bool = True,
+                 stall_at_step: int | None = None):
         cfg = cfg or EngineConfig()
+        # What the step loop calls, checked before the weights load (seconds, not a 7B's minutes).
+        check_vllm_api()
         on_gpu = gpu_available()
         if not on_gpu:
             configure_vllm_cpu_env()
@@ -79,7 +84,8 @@ class VLLMEngine:
         # vLLM stops at the tokenizer's EOS (and generation_config's) by itself, not at the chat
         # template's end-of-turn token where that differs (Qwen2.5 base models).
         self.stop_token_ids = list(end_of_turn_token_ids(self.tokenizer))
-        self.step_loop = StepLoop(self.llm) if continuous else None
+        self.stall_timeout_s = cfg.stall_timeout_s
+        self.step_loop = StepLoop(self.llm, cfg.stall_timeout_s, stall_at_step) if continuous else None
 
     def _sampling(self, params: GenerationParams, seed: int | None) -> Any:
         from vllm import SamplingParams
@@ -117,7 +123,8 @@ class VLLMEngine:
 
     def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
         """Each choice's new text as the engine steps (through the step loop, beside other calls)."""
-        loop = self.step_loop or StepLoop(self.llm)  # a blocking engine streams through a loop of its own
+        # A blocking engine streams through a loop of its own.
+        loop = self.step_loop or StepLoop(self.llm, self.stall_timeout_s)
         outputs = loop.stream(prompt, self._sampling(params, seed))
         try:
             for output in outputs:

@@ -63,11 +63,13 @@ def too_long_reason(tokens: int, max_model_len: int, max_tokens: int) -> str:
 
 
 def generate_rows(engine: Engine, records: Sequence[Record], params: GenerationParams, *, prompt: PromptConfig,
-                  few_shot: int, seed: int, max_model_len: int | None = None) -> list[GeneratedGroup]:
+                  few_shot: int, seed: int, max_model_len: int | None = None,
+                  seeding: str = "per_prompt") -> list[GeneratedGroup]:
     """Each record with its prompt and the engine's `params.n` responses (text, token counts,
-    finish reasons). Sampled prompts get `prompt_seed(seed, id)`; greedy ones need none. Any
-    other key of a record rides along. With `max_model_len`, prompts that leave less than
-    `params.max_tokens` of it raise `PromptTooLong` before anything is generated."""
+    finish reasons). Sampled prompts get `prompt_seed(seed, id)` with `seeding` per_prompt; with
+    per_batch none (the engine's own generator); greedy ones need none. Any other key of a
+    record rides along. With `max_model_len`, prompts that leave less than `params.max_tokens`
+    of it raise `PromptTooLong` before anything is generated."""
     prompts = [build_prompt(engine.tokenizer, r, few_shot=few_shot, prompt_cfg=prompt) for r in records]
     if max_model_len is not None:
         limit = max_model_len - params.max_tokens
@@ -76,7 +78,7 @@ def generate_rows(engine: Engine, records: Sequence[Record], params: GenerationP
             shown = ", ".join(f"{i} ({n} tokens)" for i, n in over[:5])
             raise PromptTooLong(f"{len(over)} prompt(s) leave no room for {params.max_tokens} new tokens in a context of "
                                 f"{max_model_len} (at most {limit} prompt tokens): {shown}")
-    seeds = [prompt_seed(seed, r["id"]) for r in records] if params.temperature > 0 else None
+    seeds = [prompt_seed(seed, r["id"]) for r in records] if params.temperature > 0 and seeding == "per_prompt" else None
     outputs = engine.generate(prompts, params, seeds)
     return [{**record, "prompt": text, "responses": [o.text for o in outs], "token_lengths": [o.num_tokens for o in outs],
              "finish_reasons": [o.finish_reason for o in outs]}
