@@ -11,11 +11,12 @@ file must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from advdistill.config_keys import key_error, tree_keys
 from advdistill.methods import MethodName
 from advdistill.tasks import TaskName, get_task, task_names
 from advdistill.template import DEFAULT_SYSTEM_PROMPT
@@ -150,18 +151,41 @@ class EngineConfig(Section):
     load_format: Literal["auto", "safetensors", "dummy"] = Field(
         "auto", description='vLLM weight loading; "dummy" = random weights from config.json alone (throughput '
                             "benchmarks of a real architecture without a checkpoint)")
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="seconds a vLLM engine step may take while requests wait before the engine counts "
+                                 "as hung: its calls fail with EngineStalled and a generation actor exits, so Ray "
+                                 "restarts it and its batches run again (a healthy step takes well under a second)")
+    seeding: Literal["per_prompt", "per_batch"] = Field(
+        "per_prompt", description="per_prompt: each sampled prompt gets a seed from sampling.seed and its id (the same "
+                                  "samples on every rerun and resume, whatever batch it lands in; vLLM then samples "
+                                  "seeded requests with their own generators, slower on GPU); per_batch: the engine's "
+                                  "own generator (faster, but samples depend on batching: a resumed run differs)")
 
 
 class ResourcesConfig(Section):
     """Ray resources of a stage's workers."""
 
-    use_gpu: bool | None = Field(None, description="None = use GPUs iff the cluster has any")
+    use_gpu: bool | None = Field(None, description="None = use GPUs iff the cluster has any at submit (a fixed "
+                                                   "cluster); an autoscaling cluster needs it stated")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (an engine on CPU computes with "
                                                         "them)")
-    min_workers: int = Field(1, ge=1, description="lower bound of the actor pool (curate, evaluate)")
-    max_workers: int | None = Field(None, description="upper bound of the actor pool; None = the cluster's GPUs "
-                                                      "(CPU: 1)")
-    replaced: ClassVar[Mapping[str, str]] = {"custom": "resources.custom was renamed resources.custom_resources"}
+    min_actors: int = Field(1, ge=1, description="actors the generation pool (curate, evaluate) starts with and "
+                                                 "keeps; on an autoscaling cluster, nodes for this many start first")
+    max_actors: int | None = Field(
+        None, ge=1, description="actors the generation pool may grow to (each holds tensor_parallel_size GPUs while "
+                                "it lives). None = on a fixed cluster, one per tensor_parallel_size GPUs present at "
+                                "submit (CPU: 1); on an autoscaling cluster None is an error: the GPUs present at "
+                                "submit say nothing about those the autoscaler can add (README: Cluster)")
+    replaced: ClassVar[Mapping[str, str]] = {
+        "custom": "resources.custom was renamed resources.custom_resources",
+        "min_workers": "resources.min_workers was renamed resources.min_actors (the generation pool's lower bound)",
+        "max_workers": "resources.max_workers was renamed resources.max_actors (the generation pool's upper bound)"}
+
+    @model_validator(mode="after")
+    def _pool_bounds_ordered(self) -> "ResourcesConfig":
+        if self.max_actors is not None and self.min_actors > self.max_actors:
+            raise ValueError(f"resources.min_actors ({self.min_actors}) exceeds resources.max_actors ({self.max_actors})")
+        return self
 
     custom_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each worker (actor, Train worker, Serve replica) "
@@ -427,11 +451,26 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _validated(tree: dict, where: str = "") -> ExperimentConfig:
+def _validated(tree: dict, path: Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(f"invalid config{where}:\n{err}") from None
+        raise ConfigError("; ".join(_explained(e, path, overrides) for e in err.errors())) from None
+
+
+def _explained(error: Mapping[str, Any], path: Path | None, overrides: Sequence[str]) -> str:
+    """One pydantic error as `SOURCE: FIELD: why`, SOURCE the `--set` that gave the field its value
+    (else the YAML file): a wrong override is not the file's fault."""
+    loc = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["loc"] and not isinstance(error.get("input"), (dict, list)):
+        message += f" (got {error['input']!r})"
+    keys = {text: parse_override(text)[0] for text in overrides}
+    # A section's own check (loc "train", or "" for the whole config) blames the overrides it names.
+    inside = [t for t, k in keys.items() if k == loc or k.startswith(f"{loc}.") or loc.startswith(f"{k}.") or not loc]
+    blamed = [t for t in inside if keys[t] in message] or ([] if not loc else inside)
+    source = ", ".join(f"--set {t}" for t in blamed) or (str(path) if path else "invalid config")
+    return f"{source}: {loc}: {message}" if loc else f"{source}: {message}"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -460,9 +499,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         tree = loaded
+        for key in tree_keys(tree):
+            problem = key_error(ExperimentConfig, key)
+            if problem:
+                raise ConfigError(f"{path}: {problem}")
     for text in overrides or []:
-        _set_dotted(tree, *parse_override(text))
-    return _validated(tree, f" ({path})" if path else "")
+        key, value = parse_override(text)
+        problem = key_error(ExperimentConfig, key)
+        if problem:
+            raise ConfigError(f"--set {text}: {problem}")  # the argument at fault, not the YAML file
+        _set_dotted(tree, key, value)
+    return _validated(tree, path, overrides or ())
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:

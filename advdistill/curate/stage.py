@@ -31,7 +31,9 @@ from advdistill.config import ExperimentConfig, dump_config
 from advdistill.curate.store import CurateOutput, read_shards, write_scored_batch
 from advdistill.data.loaders import load_records
 from advdistill.generation.base import GenerationParams
-from advdistill.generation.ray_stage import USAGE, actor_pool, check_context, generate_and_score
+from advdistill.generation.ledger import Held, Ledger
+from advdistill.generation.pool import actor_pool
+from advdistill.generation.ray_stage import USAGE, check_context, generate_and_score
 from advdistill.schema import CuratedGroup, GeneratedGroup, arrow_schema
 from advdistill.storage import resolved, uri
 from advdistill.scoring import score_group
@@ -54,6 +56,9 @@ def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = 
     out.config.write_text(dump_config(cfg))
     few_shot = cfg.prompt.few_shot if few_shot is None else few_shot
     started = time.time()
+    # The pool's bounds first: an autoscaling cluster without resources.max_actors is an error
+    # now, not a pool of one discovered in the bill.
+    pool = actor_pool(cfg.curate.resources, cfg.curate.engine, "curate")
 
     loaded = load_records(cfg.curate.dataset)
     params = GenerationParams.from_sampling(cfg.curate.sampling)
@@ -69,20 +74,27 @@ def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = 
     log.info("curate: %d prompts, %d already written, %d to generate", total, total - len(pending), len(pending))
     print(f"[curate] {total} prompts: {total - len(pending)} already done, {len(pending)} to generate", flush=True)
 
-    tokens, steady = 0, None
+    tokens, steady, held = 0, None, Held(0.0, 0.0, 0, 0)
     if pending:
         s = cfg.curate.sampling
-        ds = generate_and_score(pending, model=cfg.teacher, engine=cfg.curate.engine,
-                                params=params, prompt=cfg.prompt, few_shot=few_shot,
-                                seed=s.seed, resources=cfg.curate.resources, score_row=partial(score_curated, cfg=cfg),
-                                schema=arrow_schema(CuratedGroup))
-        # Written by the pipeline (any node), not the driver: only ids and counts come back.
-        written = ds.map_batches(write_scored_batch, fn_kwargs={"folder": uri(out.folder)}, batch_size=None,
-                                 batch_format="pyarrow", num_cpus=0.25)
-        tokens, steady = _drain(written, cfg, total, total - len(pending))
+        print(f"[curate] generation pool: {pool.min_actors}-{pool.max_actors} actor(s) of {pool.gpus_per_actor} "
+              f"GPU(s) each ({pool.why})", flush=True)
+        with Ledger.open() as ledger:
+            ds = generate_and_score(pending, model=cfg.teacher, engine=cfg.curate.engine, params=params,
+                                    prompt=cfg.prompt, few_shot=few_shot, seed=s.seed, pool=pool,
+                                    score_row=partial(score_curated, cfg=cfg), schema=arrow_schema(CuratedGroup),
+                                    ledger=ledger)
+            # Written by the pipeline (any node), not the driver: only ids and counts come back.
+            written = ds.map_batches(write_scored_batch, fn_kwargs={"folder": uri(out.folder)}, batch_size=None,
+                                     batch_format="pyarrow", num_cpus=0.25)
+            tokens, steady = _drain(written, cfg, total, total - len(pending))
+            held = ledger.read()
 
+    # What the pool held (ledger.py): its actors' lifetimes x their GPUs, not a snapshot of the cluster.
     out.log_run({"started": started, "wall_seconds": time.time() - started, "tokens": tokens, "prompts": len(pending),
-                 "gpus": _pool_gpus(cfg) if pending else 0, "steady_tokens_per_s": steady})
+                 **held.as_dict(), "pool": {"min_actors": pool.min_actors, "max_actors": pool.max_actors,
+                                            "gpus_per_actor": pool.gpus_per_actor, "why": pool.why},
+                 "steady_tokens_per_s": steady})
     summary = summarize(out, cfg, total, len(quarantined))
     summary["quarantine_reasons"] = quarantine_reasons(quarantined)
     out.summary.write_text(json.dumps(summary, indent=2))
@@ -96,11 +108,6 @@ def quarantine_reasons(quarantined: list[dict[str, Any]]) -> dict[str, int]:
         kind = str(row.get("reason", "")).split(":")[0].strip() or "unknown"
         counts[kind] = counts.get(kind, 0) + 1
     return counts
-
-
-def _pool_gpus(cfg: ExperimentConfig) -> int:
-    args, _, max_actors = actor_pool(cfg.curate.resources, cfg.curate.engine)
-    return int(args.get("num_gpus", 0)) * max_actors
 
 
 def _drain(ds, cfg: ExperimentConfig, total: int, already: int) -> tuple[int, float | None]:
@@ -158,12 +165,22 @@ def summarize(out: CurateOutput, cfg: ExperimentConfig, total: int, quarantined:
         "format_ok": float(np.mean(format_ok)) if format_ok else 0.0,
         "tokens_generated": int(sum(flat("token_lengths"))),
         "wall_seconds": round(wall, 2),
-        "accelerator_hours": round(sum(r["wall_seconds"] * r["gpus"] for r in runs) / 3600, 4),
+        "accelerator_hours": round(sum(_accelerator_seconds(r) for r in runs) / 3600, 4),
+        "generation_actors": {"started": sum(r.get("actors_started", 0) for r in runs),
+                              "most_at_once": max((r.get("most_actors_at_once", 0) for r in runs), default=0)},
         "correct_per_group": np.bincount(per_group, minlength=k + 1).tolist() if per_group else [],
         "reward_histogram": _histogram(flat("rewards")),
         "advantage_histogram": _histogram(flat("advantages")),
         **endpoint_costs(cfg, tables),
     }
+
+
+def _accelerator_seconds(run: dict[str, Any]) -> float:
+    """A run's accelerator-seconds: its actors' leases; runs.jsonl lines written before the ledger
+    have wall time x the pool's GPUs instead."""
+    if "accelerator_seconds" in run:
+        return float(run["accelerator_seconds"])
+    return float(run["wall_seconds"]) * float(run.get("gpus", 0))
 
 
 def endpoint_costs(cfg: ExperimentConfig, tables: list[Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from advdistill.config import DatasetConfig, ExperimentConfig
 from advdistill.data.loaders import load_records
 from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.generation.base import GenerationParams
+from advdistill.generation.ledger import Ledger
+from advdistill.generation.pool import actor_pool
 from advdistill.generation.ray_stage import generate_and_score
 from advdistill.schema import GeneratedGroup, Prediction, prediction_schema
 from advdistill.scoring import judge
@@ -69,6 +71,7 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
                     few_shot: int = 0) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on several splits in one pass (one engine start): {label: (dataset,
     output)} → {label: metrics}; each output gets metrics.json and predictions.jsonl."""
+    pool = actor_pool(cfg.eval.resources, cfg.eval.engine, "eval")  # before loading: a bad pool fails at once
     records, quarantined = [], {}
     for label, (dataset, _) in splits.items():
         loaded = load_records(dataset)
@@ -81,15 +84,17 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
     # per split in metrics.json), not a failed evaluation.
     too_long: list[dict[str, Any]] = []
     split_of = {r["id"]: r["split"] for r in records}
-    ds = generate_and_score(records, model=model, engine=cfg.eval.engine, params=eval_params(cfg), prompt=cfg.prompt,
-                            few_shot=few_shot, seed=0, resources=cfg.eval.resources, score_row=_score_with_split,
-                            schema=prediction_schema(), extra=["split"], quarantine=too_long)
-    for row in too_long:
-        quarantined[split_of[row["id"]]] += 1
     by_split: dict[str, list[Prediction]] = {label: [] for label in splits}
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for row in batch.to_pylist():
-            by_split[row.pop("split")].append(row)
+    with Ledger.open() as ledger:
+        ds = generate_and_score(records, model=model, engine=cfg.eval.engine, params=eval_params(cfg),
+                                prompt=cfg.prompt, few_shot=few_shot, seed=0, pool=pool, score_row=_score_with_split,
+                                schema=prediction_schema(), extra=["split"], quarantine=too_long, ledger=ledger)
+        for row in too_long:
+            quarantined[split_of[row["id"]]] += 1
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                by_split[row.pop("split")].append(row)
+        held = ledger.read()  # what the pool's actors held while they lived (generation/ledger.py)
     wall = time.time() - started
     results = {}
     for label, (dataset, output) in splits.items():
@@ -100,6 +105,7 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
             "quarantined": quarantined[label], "tokens_generated": sum(p["tokens"] for p in predictions),
             # one pass served every split: its wall time is shared in proportion to the records
             "wall_seconds": round(wall * len(predictions) / len(records), 2),
+            "accelerator_seconds": round(held.accelerator_seconds * len(predictions) / len(records), 2),
         })
         output.write(metrics, predictions)
         results[label] = metrics

@@ -1,12 +1,18 @@
 """The generation layer on Ray Data, shared by curation and evaluation: an actor pool that holds
 one engine per actor and runs `generate_rows` on each batch of records, then an actor pool that
 scores the generated rows. Placement: one generation actor per `tensor_parallel_size` GPUs, the
-pool sized to the cluster's GPUs (on CPU, one actor); as many scoring actors at most.
-A vLLM actor runs `engine.concurrent_batches` calls at once (threads; `engine_concurrency`): each
-call's prompts join the running engine, so it never idles in a batch's tail.
+pool's bounds decided by the driver before anything starts (`pool.actor_pool`: the stated
+`resources.max_actors`, required on an autoscaling cluster); as many scoring actors at most.
+Each generation actor reports its lease to the stage's `ledger.Ledger` (accelerator-seconds
+summed over the actors' lifetimes) and exits when its engine stalls (`step_loop.EngineStalled`),
+so that Ray restarts it and retries its batches (fault injection for tests, not a config field:
+`ADVDISTILL_STALL_AT_STEP=N` in the driver's environment hangs step N of each actor's engine
+once; a restarted actor runs without it). A vLLM actor runs `engine.concurrent_batches` calls at
+once (threads; `engine_concurrency`): each call's prompts join the running engine, so it never
+idles in a batch's tail.
 
-Batches travel as Arrow tables of the `advdistill.schema` tables (`to_arrow`/`from_arrow`).
-An engine that meters what it is asked (the endpoint teacher's `generate_metered`) adds its
+Batches travel as Arrow tables of the `advdistill.schema` tables (`to_arrow`/`from_arrow`). An
+engine that meters what it is asked (the endpoint teacher's `generate_metered`) adds its
 per-prompt usage to each row (`USAGE` columns: requests, prompt and completion tokens), which
 curation keeps in its groups (`schema.CuratedGroup`) and sums in its summary.
 
@@ -18,16 +24,21 @@ quarantined row, never a failed run.
 from __future__ import annotations
 
 import os
+import sys
+import uuid
 import warnings
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from advdistill.config import EngineConfig, PromptConfig, ResourcesConfig
+from advdistill.config import EngineConfig, PromptConfig
 from advdistill.generation.base import GenerationParams, vllm_available
 from advdistill.generation.factory import make_engine
-from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows
+from advdistill.generation.ledger import Ledger, report_lease
+from advdistill.generation.pool import PoolPlan
+from advdistill.generation.rows import PromptTooLong, fit_context, generate_rows, prompt_seed
+from advdistill.generation.step_loop import EngineStalled
 from advdistill.schema import GeneratedGroup, Record, arrow_schema, columns, from_arrow, to_arrow
 from advdistill.scoring.math_verify_pool import warm_up
 from advdistill.storage import local_model
@@ -71,17 +82,36 @@ class GenerationActor:
     token_lengths, finish_reasons), plus the `USAGE` columns where the engine meters its work."""
 
     def __init__(self, model: str, engine: EngineConfig, params: GenerationParams, prompt: PromptConfig,
-                 few_shot: int, seed: int):
+                 few_shot: int, seed: int, ledger: Any = None, stall_at_step: int | None = None):
+        import ray
+
+        context = ray.get_runtime_context()
+        if ledger is not None:  # first: loading the engine holds the GPUs too
+            report_lease(ledger, context.get_assigned_resources().get("GPU", 0))
         use_assigned_cpus()
-        self.engine = make_engine(model, engine, seed=seed)
+        if stall_at_step is not None and context.was_current_actor_reconstructed:
+            stall_at_step = None  # an injected stall hangs an actor once, not its restarts
+        # per_batch: the engine's own generator, seeded apart for every actor (the same seed in
+        # each would draw the same random numbers for different prompts).
+        engine_seed = seed if engine.seeding == "per_prompt" else prompt_seed(seed, f"actor/{uuid.uuid4().hex}")
+        self.engine = make_engine(model, engine, seed=engine_seed, stall_at_step=stall_at_step)
         self.params, self.prompt_cfg, self.few_shot, self.seed = params, prompt, few_shot, seed
-        self.max_model_len = engine.max_model_len
+        self.max_model_len, self.seeding = engine.max_model_len, engine.seeding
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         metered = hasattr(self.engine, "generate_metered")
         engine = _Metered(self.engine) if metered else self.engine
-        rows = generate_rows(engine, from_arrow(batch), self.params, prompt=self.prompt_cfg, few_shot=self.few_shot,
-                             seed=self.seed, max_model_len=self.max_model_len)
+        try:
+            rows = generate_rows(engine, from_arrow(batch), self.params, prompt=self.prompt_cfg,
+                                 few_shot=self.few_shot, seed=self.seed, max_model_len=self.max_model_len,
+                                 seeding=self.seeding)
+        except EngineStalled as err:
+            # A hung engine does not come back: end this process, so that Ray restarts the actor
+            # (FAULT_TOLERANCE) and runs its batches again on a fresh engine. Raising instead would
+            # fail the dataset, and a thread stuck in the engine would hold the GPU forever.
+            print(f"[GenerationActor] {err}; exiting so that Ray restarts this actor and retries its batches",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
         if not metered:
             return to_arrow(rows, arrow_schema(GeneratedGroup), extra=_passengers(batch))
         rows = [{**row, **usage} for row, usage in zip(rows, engine.usage, strict=True)]
@@ -101,6 +131,19 @@ class ScoringActor:
         return to_arrow([self.score_row(row) for row in from_arrow(batch)], self.schema, extra=self.extra)
 
 
+STALL_AT_STEP_ENV = "ADVDISTILL_STALL_AT_STEP"
+
+
+def injected_stall_step() -> int | None:
+    """The step `ADVDISTILL_STALL_AT_STEP` names in the driver's environment (tests), or None."""
+    value = os.environ.get(STALL_AT_STEP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{STALL_AT_STEP_ENV} must be a step number >= 1, got {value!r}")
+    return int(value)
+
+
 # A dead generation actor is restarted a bounded number of times (Ray Data's default is unbounded,
 # which turns a deterministic crash, e.g. OOM at load, into a hang). Its batches are retried until
 # it is restarted or dead for good: while a lost node is not yet declared dead (GCS health checks,
@@ -108,32 +151,6 @@ class ScoringActor:
 # bounded retry count in under a second (tests/test_node_loss.py). Unbounded retries stay bounded
 # by the restarts: a dead actor fails its tasks.
 FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": -1}
-
-
-def actor_pool(resources: ResourcesConfig, engine: EngineConfig) -> tuple[dict[str, Any], int, int]:
-    """Ray resources per generation actor and the pool's (min, max) size."""
-    import ray
-
-    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = resources.use_gpu if resources.use_gpu is not None else cluster_gpus > 0
-    if engine.backend == "openai":  # the teacher computes on its server: the actor only sends requests
-        use_gpu = False
-    tp = engine.tensor_parallel_size
-    if use_gpu:
-        args: dict[str, Any] = {"num_gpus": tp, "num_cpus": resources.cpus_per_worker}
-        default_max = max(1, cluster_gpus // tp)
-    else:
-        args = {"num_cpus": resources.cpus_per_worker}
-        default_max = 1  # on CPU a second engine competes for the same cores (FIELD-NOTES)
-    if resources.custom_resources:  # only on the nodes (node types) that declare them
-        args["resources"] = dict(resources.custom_resources)
-    key_env = engine.endpoint.api_key_env if engine.backend == "openai" else None
-    if key_env and os.environ.get(key_env):
-        # The key the driver was given reaches its generation actors (Ray workers do not inherit
-        # the driver's environment), by name, never through the config.
-        args["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
-    max_size = resources.max_workers or default_max
-    return args, min(resources.min_workers, max_size), max_size
 
 
 def engine_concurrency(engine: EngineConfig) -> dict[str, Any]:
@@ -164,16 +181,19 @@ def check_context(records: Sequence[dict[str, Any]], *, model: str, engine: Engi
 
 
 def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine: EngineConfig, params: GenerationParams,
-                       prompt: PromptConfig, few_shot: int, seed: int, resources: ResourcesConfig,
+                       prompt: PromptConfig, few_shot: int, seed: int, pool: PoolPlan,
                        score_row: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema,
-                       extra: Sequence[str] = (), quarantine: list[dict[str, Any]] | None = None):
+                       extra: Sequence[str] = (), quarantine: list[dict[str, Any]] | None = None,
+                       ledger: Ledger | None = None):
     """A Ray dataset of `records` (`schema.Record`s, plus their `extra` columns) generated on an
     autoscaling pool of `GenerationActor`s and scored row by row by `score_row` on a pool of
     `ScoringActor`s (0.5 CPU each, no more of them than generation actors), as tables of `schema`
     plus the `extra` columns. Consume it as a stream: batches arrive as they are scored.
 
     Records whose prompt does not fit the engine's context are left out and appended to
-    `quarantine` (`check_context`); without a `quarantine` list they raise `PromptTooLong`."""
+    `quarantine` (`check_context`); without a `quarantine` list they raise `PromptTooLong`.
+    `pool` (`pool.actor_pool`) bounds the generation actors; with a `ledger`, each reports its
+    lease there (read it once the dataset is consumed)."""
     import ray
 
     records, rejected = check_context(records, model=model, engine=engine, params=params, prompt=prompt,
@@ -188,7 +208,6 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
     # actors and the results stream back a batch at a time (one block would come back at the end).
     ds = ray.data.from_arrow([table.slice(start, engine.batch_size) for start in range(0, len(table), engine.batch_size)]
                              or [table])
-    remote_args, min_actors, max_actors = actor_pool(resources, engine)
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for actor restarts yet; its own docs point to these
         # kwargs (map_batches(..., max_restarts=...)), which it flags as deprecated.
@@ -196,11 +215,14 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
         generated = ds.map_batches(
             GenerationActor,
             fn_constructor_kwargs={"model": model, "engine": engine, "params": params, "prompt": prompt,
-                                   "few_shot": few_shot, "seed": seed},
+                                   "few_shot": few_shot, "seed": seed,
+                                   "ledger": ledger.handle if ledger is not None else None,
+                                   "stall_at_step": injected_stall_step()},
             batch_size=engine.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors, **engine_concurrency(engine)),
-            **remote_args,
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors,
+                                               **engine_concurrency(engine)),
+            **pool.remote_args,
             **FAULT_TOLERANCE,
         )
     return generated.map_batches(
@@ -208,6 +230,6 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
         fn_constructor_kwargs={"score_row": score_row, "schema": schema, "extra": list(extra)},
         batch_size=engine.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.max_actors),
         num_cpus=0.5,
     )

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from advdistill.config import DatasetConfig, ExperimentConfig, ResourcesConfig, dump_config, with_overrides
 from advdistill.curate.stage import curate
 from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
+from advdistill.generation.pool import check_pools
 from advdistill.report import write_report
 from advdistill.run.folders import RunLayout, split_label
 from advdistill.run.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
@@ -172,13 +173,15 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, run: Training, out: TrainOu
                  cfg.train.num_workers)
 
 
-def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[DatasetConfig, EvalOutput]],
-              cluster_gpus: int) -> dict[str, Any]:
+def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[DatasetConfig, EvalOutput]]
+              ) -> dict[str, Any]:
     if model.endpoint:  # the teacher answers from its server in evaluation as in curation
         cfg = with_overrides(cfg, {"eval.engine": cfg.curate.engine.model_dump(), "eval.resources.use_gpu": False})
     metrics = evaluate_splits(cfg, _local(model.path), splits, few_shot=model.few_shot)
-    return _cost(sum(m["tokens_generated"] for m in metrics.values()), sum(m["wall_seconds"] for m in metrics.values()),
-                 cfg.eval.resources, cluster_gpus, cfg.eval.engine.tensor_parallel_size, 1)
+    # What the pool's actors held while they lived (generation/ledger.py), not wall x a GPU count.
+    return {"tokens": sum(m["tokens_generated"] for m in metrics.values()),
+            "wall_seconds": round(sum(m["wall_seconds"] for m in metrics.values()), 2),
+            "accelerator_hours": round(sum(m.get("accelerator_seconds", 0.0) for m in metrics.values()) / 3600, 4)}
 
 
 def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> dict[str, Any]:
@@ -192,6 +195,9 @@ def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> di
     tracker.log_config(cfg.model_dump(mode="json"))
     manifest.save()
     cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    # Both generation pools are sized now: an autoscaling cluster without their max_actors is an
+    # error before curation, not after it when evaluation starts (generation/pool.py).
+    check_pools(cfg)
     try:
         report = _stages(cfg, layout, manifest, tracker, cluster_gpus)
     except BaseException:
@@ -228,7 +234,7 @@ def _stages(cfg: ExperimentConfig, layout: RunLayout, manifest: RunManifest, tra
     for name, model in models.items():
         splits = {split_label(d): (d, layout.eval(name, split_label(d))) for d in datasets}
         done = all(out.is_complete() for _, out in splits.values())
-        manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, cluster_gpus, actors=GENERATION,
+        manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, actors=GENERATION,
                        track=partial(tracked_evaluation, model, splits))
     return write_report(layout.root)
 
