@@ -44,6 +44,14 @@ def test_paper_configs_follow_the_paper(name):
     stated = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())["train"]
     assert {"groups_per_step", "val_fraction"} <= stated.keys()
     assert cfg.curate.resources.use_gpu and t.resources.use_gpu and cfg.eval.resources.use_gpu and t.bf16
+    # The generation pools are stated, as an autoscaling cluster requires (generation/pool.py):
+    # one engine per GPU of cluster.yaml's default node, which also holds the 8 Train workers.
+    gpus_per_node = yaml.safe_load((REPO / "cluster.yaml").read_text())["available_node_types"]["gpu_8x_h100"][
+        "resources"]["GPU"]
+    for stage in (cfg.curate, cfg.eval):
+        assert (stage.resources.min_actors, stage.resources.max_actors) == (1, gpus_per_node)
+        assert stage.resources.max_actors * stage.engine.tensor_parallel_size == gpus_per_node
+    assert t.num_workers == gpus_per_node
     assert t.activation_checkpointing  # K = 8 x 2,048 tokens of a 1.5B/3B student (docs/memory.md)
     ood = {"paper-gsm8k": ["gsm_plus"], "paper-open-s1": ["open_rs"], "paper-mmlu-pro": []}[name]
     assert [d.name for d in cfg.eval.ood] == ood
@@ -56,9 +64,11 @@ def test_cluster_yaml_validates_against_the_autoscaler_schema():
     validate_config(prepare_config(raw))  # what `ray up` runs before touching a cloud
     workers = [t for name, t in raw["available_node_types"].items() if name != raw["head_node_type"]]
     assert raw["provider"]["type"] == "aws" and workers
-    assert all(t["min_workers"] == 0 and 0 < t["max_workers"] <= raw["max_workers"] for t in workers)
+    # Every worker type starts at zero; the default one may grow, the per-stage option is off.
+    assert all(t["min_workers"] == 0 and 0 <= t["max_workers"] <= raw["max_workers"] for t in workers)
+    assert [t["resources"].get("GPU") for t in workers if t["max_workers"] > 0] == [8]
     assert raw["idle_timeout_minutes"] > 0 and any("InstanceMarketOptions" in t["node_config"] for t in workers)
-    assert any("[gpu]" in c for c in raw["setup_commands"])
+    assert raw["docker"]["image"] and not any("pip install" in c for c in raw["setup_commands"])
     start = " ".join(raw["head_start_ray_commands"])
     assert "RAY_AUTH_MODE=token" in start and "disabled" not in start
     assert "--dashboard-host=$(hostname -I" in start and "0.0.0.0" not in start
