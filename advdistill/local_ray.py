@@ -2,7 +2,8 @@
 with its driver, `kill -9` included.
 
 `init_ray` joins the cluster `ray job submit` names (RAY_ADDRESS) or starts a local one, with the
-settings the stages rely on (`RAY_ENV_DEFAULTS`) in the runtime env. A local cluster is the driver's own: `init_ray` puts a
+settings the stages rely on (`RAY_ENV_DEFAULTS`) and the secrets forwarded by name
+(`FORWARDED_BY_NAME`) in the runtime env. A local cluster is the driver's own: `init_ray` puts a
 run id in the environment under `RUN_MARKER` (the GCS, the raylet, its agents and every worker
 inherit it) and starts this file as the reaper, in its own session so that Ctrl-C in the terminal
 does not reach it:
@@ -41,14 +42,21 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
+# Secrets every worker may need, forwarded by name from the driver's environment when set there
+# (Ray workers get their node's environment, not the driver's); their values never reach a config,
+# run.json or a log. HF_TOKEN: gated or rate-limited hub downloads on the nodes.
+FORWARDED_BY_NAME = ("HF_TOKEN",)
+
 
 def driver_env_vars() -> dict[str, str]:
-    """The RAY_ENV_DEFAULTS for ray.init's runtime env. Inside `ray job submit`, Ray merges the
-    job's runtime env (RAY_JOB_CONFIG_JSON_ENV_VAR) with ray.init's and refuses a key set in both:
-    the job's own settings win, these fill in the rest."""
+    """The RAY_ENV_DEFAULTS for ray.init's runtime env, and the FORWARDED_BY_NAME variables the
+    driver has. Inside `ray job submit`, Ray merges the job's runtime env (RAY_JOB_CONFIG_JSON_ENV_VAR)
+    with ray.init's and refuses a key set in both: the job's own settings win, these fill in the rest."""
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-    return {key: os.environ.get(key, value) for key, value in RAY_ENV_DEFAULTS.items() if key not in job_env}
+    env = {key: os.environ.get(key, value) for key, value in RAY_ENV_DEFAULTS.items() if key not in job_env}
+    env.update({key: os.environ[key] for key in FORWARDED_BY_NAME if os.environ.get(key) and key not in job_env})
+    return env
 
 
 def init_ray(num_cpus: int | None = None) -> None:
