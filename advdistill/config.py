@@ -519,6 +519,9 @@ def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> Exper
     if "max_len" not in cfg.reward.model_fields_set:
         del tree["reward"]["max_len"]  # derived from curate.sampling.max_tokens: derived again
     for key, value in overrides.items():
+        problem = key_error(ExperimentConfig, key)
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
         _set_dotted(tree, key, value)
     return _validated(tree)
 
