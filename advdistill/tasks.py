@@ -11,8 +11,8 @@ right answer is that the question cannot be answered).
 The loaders, prompts, scoring, the config's and the API's task names all read it from here, so
 adding a task is one `register_task(TaskSpec(...))` plus its tests, as verl's
 `default_compute_score` dispatches on a data source. Of the project it imports only the registry
-mechanism and the synthetic task's generator (`advdistill.data.synthetic`, which imports only the
-template text), so any of them can import it.
+mechanism and the embedded tasks' generators (`advdistill.data.synthetic` and
+`advdistill.data.relations`, which import only the template text), so any of them can import it.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import AfterValidator
 
+from advdistill.data import relations
 from advdistill.data.synthetic import make_split
 from advdistill.registry import Registry
 
 # "number": the reference is a plain number (checked when loading); "math": any math expression
-# (math-verify judges it); "multiple_choice": the reference is an option letter.
-AnswerKind = Literal["number", "math", "multiple_choice"]
+# (math-verify judges it); "multiple_choice": the reference is an option letter; "exact": the
+# answer equals the reference once both are normalised (`scoring.verify.normalise`); "regex": the
+# answer matches `TaskSpec.pattern` in full; "custom": the task's own `verifier` decides.
+AnswerKind = Literal["number", "math", "multiple_choice", "exact", "regex", "custom"]
+ANSWER_KINDS: tuple[str, ...] = AnswerKind.__args__
 
 # Multiple-choice options are listed as `A. …` to `J. …` (MMLU-Pro has at most ten).
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -66,6 +70,17 @@ class TaskSpec:
     # A record -> the cluster of related items it was drawn in (a synthetic skeleton, a GSM-PLUS
     # seed question), resampled together by the intervals; None (or a None answer): its own.
     cluster: Callable[[dict[str, Any]], str | None] | None = None
+    # "regex": the pattern a correct answer matches in full, `{reference}` standing for the record's
+    # reference (escaped); without one, the reference itself is the pattern.
+    pattern: str | None = None
+    # "custom": `module:function(extracted, reference, record) -> bool`, run in a worker process
+    # killed after `verifier_time_limit_s` (`scoring.custom_verifier`).
+    verifier: str | None = None
+    verifier_time_limit_s: float = 1.0
+    # Rows from a local file when the dataset names none (a declared task): `{split}` in it stands
+    # for the source split; one file holding several splits says which in its `split_column`.
+    source_file: str | None = None
+    split_column: str | None = None
 
     @property
     def multiple_choice(self) -> bool:
@@ -205,3 +220,22 @@ register_task(TaskSpec("mmlu_pro", "multiple_choice", _mmlu_pro,
                        seeded_test_size=2284, group_by="category"))
 register_task(TaskSpec("synthetic", "number", _synthetic_record, {s: s for s in SYNTHETIC_SIZES},
                        generate=_synthetic_split, group_by="perturbation_type", cluster=_skeleton_cluster))
+
+# The relations variants (advdistill.data.relations; issue 28.4, bench/preregistration.md): generated
+# records like the synthetic task's; `curate`, `val`, `test` and `ood` hold one item per skeleton.
+RELATIONS_SIZES = {"train": 5000, "curate": 5000, "val": 500, "test": 1000, "ood": 1000}
+
+
+def _relations_task(variant: str) -> TaskSpec:
+    def to_record(row: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        return {**_synthetic_record(row, split, index), "task": variant}
+
+    def generate(split: str, limit: int | None, seed: int) -> list[dict[str, Any]]:
+        return relations.make_split(variant, split, limit if limit is not None else RELATIONS_SIZES[split], seed=seed)
+
+    return TaskSpec(variant, "number", to_record, {s: s for s in RELATIONS_SIZES}, generate=generate,
+                    cluster=_skeleton_cluster)
+
+
+for _variant in relations.VARIANTS:
+    register_task(_relations_task(_variant))

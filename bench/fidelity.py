@@ -281,6 +281,7 @@ def main() -> None:
         finally:
             stop_cluster()
         results["wall_seconds"] = time.perf_counter() - started
+    results["task"] = args.task
     (out / "fidelity.json").write_text(json.dumps(results, indent=2))
     report = render(results)
     (out / "fidelity.md").write_text(report)

@@ -114,7 +114,8 @@ def test_its_breakdown_field_reaches_the_apis_response_models(parity, parity_fil
 
 
 def test_built_in_tasks_and_unknown_names():
-    assert tasks.task_names() == ("gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic")
+    assert tasks.task_names() == ("gsm8k", "gsm_plus", "open_s1", "open_rs", "mmlu_pro", "synthetic",
+                                  "relations_v1", "relations_v2", "relations_v3")
     assert [n for n in tasks.task_names() if get_task(n).multiple_choice] == ["mmlu_pro"]
     assert [n for n in tasks.task_names() if get_task(n).reference_optional] == ["gsm_plus"]
     assert tasks.breakdown_fields() == ("perturbation_type", "category")

@@ -1,6 +1,8 @@
 """Build the embedded tiny teacher and student (`models/tiny-teacher`, `models/tiny-student`).
 
     python tools/build_tiny_models.py            # tokenizer, both models, model cards
+    python tools/build_tiny_models.py --task relations_v1   # the same for a relations variant:
+                                                 # models/tiny-relations-v1-{teacher,student}
 
 A tool, not library code: nothing in the package imports it.
 
@@ -17,6 +19,10 @@ A tool, not library code: nothing in the package imports it.
 3. Both are measured (greedy accuracy on `test` and `ood`; per-sample accuracy and mixed groups
    at temperature 0.9) and the figures written into each folder's README.md (the model card).
 
+`--task` builds the same two models, with the same settings, on a relations variant
+(`advdistill.data.relations`, issue 28.4): its tokenizer, its train split (40,000 problems, whose
+skeletons its `curate`, `val`, `test` and `ood` splits never use) plus the same drills.
+
 Deterministic for a given machine: fixed seeds, fixed data order, fixed thread count.
 """
 
@@ -29,7 +35,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from advdistill.config import REPO, load_config  # noqa: E402
+from advdistill.data import relations  # noqa: E402
 from advdistill.data.synthetic import (  # noqa: E402
     BUILD_DRILLS,
     BUILD_TRAIN_PROBLEMS,
@@ -163,7 +170,7 @@ def packed_batches(examples: list[tuple[list[int], int]], rows: int, pad_id: int
 
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, prompts: list[str], references: list[str], max_tokens: int,
-                    batch: int = 100) -> float:
+                    batch: int = 100, task: str = "synthetic") -> float:
     """Greedy accuracy (batched transformers `generate`): the early-stopping signal."""
     model.eval()
     tokenizer.padding_side = "left"
@@ -173,7 +180,7 @@ def greedy_accuracy(model, tokenizer, prompts: list[str], references: list[str],
         out = model.generate(**enc, do_sample=False, max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        hits += [is_correct(t, ref, "synthetic") for t, ref in zip(texts, references[start : start + batch])]
+        hits += [is_correct(t, ref, task) for t, ref in zip(texts, references[start : start + batch])]
     model.train()
     return sum(hits) / len(hits)
 
@@ -241,7 +248,14 @@ def train_model(spec: ModelSpec, tokenizer, examples, out: Path, validation=None
     return {"parameters": params, "train_seconds": round(time.time() - start, 1), "steps_taken": stopped_at}
 
 
-def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
+def task_split(task: str, split: str, n: int, style: Style = "restate") -> list[dict]:
+    """The first n records of a split of the synthetic task or of a relations variant (seed 0)."""
+    if task == "synthetic":
+        return make_split(split, n, seed=0, style=style)
+    return relations.make_split(task, split, n, seed=0)
+
+
+def measure(model_dir: Path, cfg, n_problems: int, samples: int, task: str = "synthetic") -> dict:
     """On `test` and `ood`: greedy accuracy (how the pipeline evaluates), and at temperature 0.9
     with `samples` samples per problem (how curation samples) the per-sample accuracy, the share
     of mixed groups (some samples right, some wrong) and the template rate."""
@@ -250,18 +264,18 @@ def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
     sampled = GenerationParams(n=samples, temperature=0.9, top_p=1.0, max_tokens=cfg.curate.sampling.max_tokens)
     result = {}
     for split in ("test", "ood"):
-        records = make_split(split, n_problems, seed=0)
+        records = task_split(task, split, n_problems)
         prompts = [build_prompt(engine.tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in records]
-        greedy_hits = [judge(outs[0].text, outs[0].finish_reason, r["reference"], "synthetic").correct
+        greedy_hits = [judge(outs[0].text, outs[0].finish_reason, r["reference"], task).correct
                        for r, outs in zip(records, engine.generate(prompts, greedy))]
         outputs = engine.generate(prompts, sampled, seeds=list(range(len(prompts))))
         correct, mixed, fmt, by_type = 0, 0, 0, {}
         for record, outs, hit in zip(records, outputs, greedy_hits):
-            k = sum(judge(o.text, o.finish_reason, record["reference"], "synthetic").correct for o in outs)
+            k = sum(judge(o.text, o.finish_reason, record["reference"], task).correct for o in outs)
             correct += k
             mixed += 0 < k < samples
             fmt += sum(format_reward(o.text) for o in outs)
-            kind = record["meta"]["perturbation_type"]
+            kind = record["meta"].get("perturbation_type")
             if kind:
                 by_type.setdefault(kind, []).append(hit)
         interval = wilson_interval(greedy_hits)
@@ -279,10 +293,16 @@ def measure(model_dir: Path, cfg, n_problems: int, samples: int) -> dict:
     return result
 
 
-def model_card(folder: Path, role: str, vocab: int, threads: int, samples: int, n_problems: int, engine: str) -> str:
+def model_card(folder: Path, role: str, vocab: int, threads: int, samples: int, n_problems: int, engine: str,
+               task: str = "synthetic") -> str:
     """README.md of a built model, from its build_info.json."""
     info = json.loads((folder / "build_info.json").read_text())
     spec, metrics = info["spec"], info["metrics"]
+    solutions = (f"*{spec['style']}* solutions (`advdistill.data.synthetic`)" if task == "synthetic" else
+                 f"its reference solutions (`advdistill.data.relations`; the `curate`, `val`, `test` and `ood` "
+                 f"splits use no skeleton of `train`)")
+    source = ("`advdistill.data.synthetic.make_split(...)`" if task == "synthetic"
+              else f"`advdistill.data.relations.make_split({task!r}, ...)`")
     stopping = (f"; training stopped at the first check (every {spec['check_every']} steps from step "
                 f"{spec['min_steps']}) where the greedy accuracy on 200 `val` problems reached "
                 f"{spec['stop_at_val_accuracy']}" if spec["stop_at_val_accuracy"] is not None else "")
@@ -296,17 +316,16 @@ for AdvDistill's embedded default run. {role}
 
 `python tools/build_tiny_models.py` (this repository): a byte-level BPE tokenizer
 (vocabulary {vocab}, digits as single tokens, the template tags as tokens) trained on the
-synthetic task, then {info['steps_taken']} AdamW steps ({spec['batch_rows']} packed rows of 512
+{task} task, then {info['steps_taken']} AdamW steps ({spec['batch_rows']} packed rows of 512
 tokens per step, peak lr {spec['lr']}, a cosine schedule over {spec['steps']} steps, seed
-{spec['seed']}{stopping}) on zero-shot chat prompts of the synthetic train split, with
-*{spec['style']}* solutions (`advdistill.data.synthetic`), plus arithmetic drills:
+{spec['seed']}{stopping}) on zero-shot chat prompts of the {task} train split, with
+{solutions}, plus arithmetic drills:
 {info['train_seconds']:.0f} s on {threads} CPU threads. The prompt is the `prompt.system_prompt`
 of `configs/tiny.yaml`.
 
 ## Measured accuracy
 
-{n_problems} `test` and {n_problems} `ood` problems (`advdistill.data.synthetic.make_split(...,
-seed=0)`), engine `{engine}`: greedy accuracy (with its 95% Wilson interval, and per GSM-PLUS-style
+{n_problems} `test` and {n_problems} `ood` problems ({source}, seed 0), engine `{engine}`: greedy accuracy (with its 95% Wilson interval, and per GSM-PLUS-style
 perturbation on `ood`), and at temperature 0.9, top-p 1.0, no top-k, {samples} samples per problem,
 the per-sample accuracy, the share of mixed groups (some samples right, some wrong) and the share
 of samples in the template. A response cut at the token limit counts as incorrect.
@@ -350,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["teacher", "student"], default=None, help="build one model (tokenizer is rebuilt)")
+    parser.add_argument("--task", choices=["synthetic", *relations.VARIANTS], default="synthetic",
+                        help="the task the models learn (a relations variant: models/tiny-<variant>-{teacher,student})")
     parser.add_argument("--skip-eval", action="store_true")
     args = parser.parse_args(argv)
 
@@ -358,8 +379,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     difficulty = Difficulty()
     drills = arithmetic_drills(args.drills, seed=0, difficulty=difficulty)
-    by_style = {style: make_split("train", args.train_problems, seed=0, difficulty=difficulty, style=style)
-                for style in ("restate", "terse")}
+    if args.task == "synthetic":
+        by_style = {style: make_split("train", args.train_problems, seed=0, difficulty=difficulty, style=style)
+                    for style in ("restate", "terse")}
+    else:  # one style of solution
+        by_style = {"restate": relations.make_split(args.task, "train", args.train_problems, seed=0)}
 
     tok_dir = Path(tempfile.mkdtemp(prefix="advdistill-tokenizer-"))
     corpus = [r["question"] + "\n" + r["meta"]["solution"] for records in by_style.values() for r in records[:10000]]
@@ -368,11 +392,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"vocabulary {len(tokenizer)}", flush=True)
 
     # Early stopping looks at `val` problems only, never at the measured test/ood splits.
-    held_out = make_split("val", 200, seed=0, difficulty=difficulty)
+    held_out = task_split(args.task, "val", 200)
     validation = ([build_prompt(tokenizer, r, few_shot=0, prompt_cfg=cfg.prompt) for r in held_out],
-                  [r["reference"] for r in held_out], cfg.curate.sampling.max_tokens)
+                  [r["reference"] for r in held_out], cfg.curate.sampling.max_tokens, 100, args.task)
 
     specs = {"teacher": TEACHER, "student": STUDENT}
+    if args.task != "synthetic":  # the same settings, another task: its own folders
+        specs = {role: replace(spec, name=f"tiny-{args.task.replace('_', '-')}-{role}") for role, spec in specs.items()}
     specs["teacher"].steps, specs["student"].steps = args.teacher_steps, args.student_steps
 
     for role, spec in specs.items():
@@ -383,11 +409,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{spec.name}] {len(examples)} examples ({spec.style} solutions), mean "
               f"{sum(len(e[0]) for e in examples) / len(examples):.0f} tokens", flush=True)
         info = train_model(spec, tokenizer, examples, folder, validation=validation)
-        metrics = {} if args.skip_eval else measure(folder, cfg, args.eval_problems, args.samples)
+        metrics = {} if args.skip_eval else measure(folder, cfg, args.eval_problems, args.samples, args.task)
         print(json.dumps({spec.name: metrics}, indent=1), flush=True)
-        (folder / "build_info.json").write_text(json.dumps({"spec": asdict(spec), **info, "metrics": metrics}, indent=2))
-        (folder / "README.md").write_text(model_card(folder, ROLES[role], len(tokenizer), args.threads, args.samples,
-                                                     args.eval_problems, "vllm" if vllm_available() else "transformers"))
+        (folder / "build_info.json").write_text(json.dumps({"spec": asdict(spec), "task": args.task, **info,
+                                                            "metrics": metrics}, indent=2))
+        text = ROLES[role] if args.task == "synthetic" else ROLES[role].replace(
+            "it reasons by restating each sentence of the question before computing, and", "it")
+        (folder / "README.md").write_text(model_card(folder, text, len(tokenizer), args.threads, args.samples,
+                                                     args.eval_problems, "vllm" if vllm_available() else "transformers",
+                                                     args.task))
 
 
 if __name__ == "__main__":
