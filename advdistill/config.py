@@ -10,15 +10,19 @@ file must not silently fall back to a default).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
+from advdistill.callables import check_signature, resolve
 from advdistill.config_keys import key_error, tree_keys
 from advdistill.methods import MethodName
-from advdistill.tasks import TaskName, get_task, task_names
+from advdistill.task_declaration import SEEDED, declare, exported
+from advdistill.tasks import AnswerKind, TaskName, get_task, task_names
 from advdistill.template import DEFAULT_SYSTEM_PROMPT
 
 # The repository root: the embedded models and configs that relative defaults refer to.
@@ -52,8 +56,37 @@ class PromptConfig(Section):
                                                          "replacing the built-in ones")
 
 
+def _imports_checked(info: ValidationInfo) -> bool:
+    """Whether a config's import paths are imported and checked now: not when a worker registers
+    the tasks its driver exported (`declare_exported_tasks`: they import where they are called)."""
+    return not (info.context or {}).get("skip_imports", False)
+
+
+def _checked_function(target: str, params: tuple[str, ...], info: ValidationInfo, field: str = "") -> None:
+    if _imports_checked(info):
+        try:
+            check_signature(resolve(target), target, params)
+        except ValueError as err:
+            raise ValueError(f"{field}{err}") from None
+
+
+class ExtraRewardConfig(Section):
+    """An extra reward term (`reward.extra`), added to the composite reward before advantages:
+    weight · fn(response, record, tokens)."""
+
+    fn: str = Field(description="import path module:function of fn(response: str, record: dict, tokens: int) -> "
+                                "float (record: id, task, question, reference, choices, meta); importable where the "
+                                "run starts and on every worker (ray job submit --working-dir / py_modules)")
+    weight: float = Field(1.0, allow_inf_nan=False, description="the term's weight in the composite reward")
+
+    @model_validator(mode="after")
+    def _fn_imports(self, info: ValidationInfo) -> "ExtraRewardConfig":
+        _checked_function(self.fn, ("response", "record", "tokens"), info)
+        return self
+
+
 class RewardConfig(Section):
-    """SPEC §4: composite reward R = w_cos * R_cos + w_fmt * R_fmt."""
+    """SPEC §4: composite reward R = w_cos * R_cos + w_fmt * R_fmt (+ the extra terms)."""
 
     w_cos: float = Field(2.0, description="weight of the cosine (length-aware correctness) reward")
     w_fmt: float = Field(1.0, description="weight of the format reward")
@@ -66,6 +99,10 @@ class RewardConfig(Section):
                                                  "*(choice: open-r1 magnitudes)*")
     wrong_end: float = Field(-1.0, description="cosine reward of an incorrect (or truncated) response of length "
                                                "L_max: long incorrect answers are penalised most")
+    extra: list[ExtraRewardConfig] = Field(
+        default_factory=list, description="extra reward terms by import path, added to R before advantages: "
+                                          "[{fn: my_pkg.rewards:brevity, weight: 0.5}], each fn(response, record, "
+                                          "tokens) -> float; a term that raises adds 0 (logged once)")
 
 
 class AdvantageConfig(Section):
@@ -390,6 +427,108 @@ class TrackingConfig(Section):
     experiment: str = Field("advdistill", description="MLflow experiment the runs go to")
 
 
+class TaskSourceConfig(Section):
+    """Where a declared task's rows come from: a local file or a hub dataset (exactly one)."""
+
+    path: str | None = Field(None, description="local JSONL/Parquet file (relative: to the working directory, the "
+                                               "job's --working-dir on a cluster); {split} in it stands for the "
+                                               "source split, else one file holds every split")
+    hub: str | None = Field(None, description="hub dataset id (org/name), loaded with datasets.load_dataset")
+    config: str | None = Field(None, description="the hub dataset's configuration (subset), if it has several")
+    split_map: dict[str, str] = Field(default_factory=dict, description="a source split -> the name the hub or file "
+                                                                        "gives it, where they differ, e.g. {test: "
+                                                                        "validation}")
+
+
+class TaskFieldsConfig(Section):
+    """Which column of a source row holds each record field (SPEC §8); the row's other columns are
+    the record's `meta`, which the verifier, the extra reward terms and `group_by` read."""
+
+    id: str | None = Field(None, description="column of the item's id (unique within a split); None = "
+                                             "TASK-SPLIT-ROWNUMBER")
+    question: str = Field("question", description="column of the question")
+    answer: str = Field("answer", description="column of the reference answer (a number for answer: number, an "
+                                              "option letter for multiple_choice)")
+    choices: str | None = Field(None, description="column of the list of options (answer: multiple_choice)")
+    cluster: str | None = Field(None, description="column naming the cluster of related items (a template, a seed "
+                                                  "question) that intervals resample together; None = each item its "
+                                                  "own")
+    split: str = Field("split", description="column naming each row's source split, in one file that holds several")
+
+
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class TaskConfig(Section):
+    """A task of your own, declared in the config (README "Your own task"): its name is then valid
+    wherever a task is — curate.dataset.name, eval.test, eval.ood, evaluate.py --dataset, the
+    report, POST /evaluate — on this machine and on every Ray worker and Serve replica."""
+
+    name: str | None = Field(None, description="the task's name (letters, digits, _ . -; not a built-in task's); "
+                                               "None = no task declared")
+    source: TaskSourceConfig = TaskSourceConfig()
+    fields: TaskFieldsConfig = TaskFieldsConfig()
+    answer: AnswerKind | None = Field(None, description="how an answer is judged: number | math | multiple_choice | "
+                                                        "exact (normalised string match) | regex (matches pattern in "
+                                                        "full) | custom (verifier)")
+    splits: dict[str, str | int] = Field(
+        default_factory=lambda: {"train": "train", "test": "test"},
+        description="our split -> the source split it is read from, e.g. {train: train, test: test}; or "
+                    "{seeded_test_size: N}: one source split (source: NAME, default train) divided into train and test "
+                    "by a seeded shuffle of ids, N items in test")
+    verifier: str | None = Field(None, description="answer: custom only: import path module:function of "
+                                                   "fn(extracted: str, reference: str, record: dict) -> bool; run in a "
+                                                   "worker process, a hang (past verifier_time_limit_s) or an error "
+                                                   "counts as incorrect (logged once)")
+    verifier_time_limit_s: float = Field(1.0, gt=0, le=60, description="seconds the verifier may take per response")
+    pattern: str | None = Field(None, description="answer: regex only: the pattern a correct answer matches in full, "
+                                                  "{reference} standing for the reference; None = the reference is "
+                                                  "the pattern")
+    group_by: str | None = Field(None, description="column whose values break evaluation results down (the report's "
+                                                   "tables, by_<column> in /evaluate)")
+
+    @model_validator(mode="after")
+    def _declaration_complete(self, info: ValidationInfo) -> "TaskConfig":
+        if self.name is None:
+            return self
+        problems = []
+        if not _TASK_NAME.fullmatch(self.name):
+            problems.append(f"task.name {self.name!r}: letters, digits, _ . - only (at most 64)")
+        if (self.source.path is None) == (self.source.hub is None):
+            problems.append("task.source: give exactly one of path (a local JSONL/Parquet file) or hub (a dataset id)")
+        if self.answer is None:
+            problems.append("task.answer: say how answers are judged: number, math, multiple_choice, exact, regex or "
+                            "custom")
+        if (self.answer == "custom") != (self.verifier is not None):
+            problems.append("task.verifier: give one (module:function) for answer: custom, and only then")
+        if self.pattern is not None and self.answer != "regex":
+            problems.append("task.pattern: only for answer: regex")
+        if self.answer == "multiple_choice" and self.fields.choices is None:
+            problems.append("task.fields.choices: answer: multiple_choice needs the column of the options")
+        problems += _split_problems(self.splits)
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern.replace("{reference}", "x"))
+            except re.error as err:
+                problems.append(f"task.pattern: not a regular expression ({err})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.verifier is not None:
+            _checked_function(self.verifier, ("extracted", "reference", "record"), info, "task.verifier: ")
+        return self
+
+
+def _split_problems(splits: Mapping[str, str | int]) -> list[str]:
+    if SEEDED in splits:
+        size, rest = splits[SEEDED], set(splits) - {SEEDED, "source"}
+        if not isinstance(size, int) or size < 1 or rest:
+            return [f"task.splits: {{{SEEDED}: N[, source: SPLIT]}} with N >= 1 and nothing else, got {dict(splits)}"]
+        return []
+    if not splits or not all(isinstance(v, str) and v for v in splits.values()):
+        return [f"task.splits: our split -> its source split (names), or {{{SEEDED}: N}}; got {dict(splits)}"]
+    return []
+
+
 class ExperimentConfig(Section):
     replaced: ClassVar[Mapping[str, str]] = {
         "sft_lr": "sft_lr was replaced by train.method_lr: a learning rate per training method, e.g. "
@@ -409,6 +548,11 @@ class ExperimentConfig(Section):
                                 "cost table a dollars column and total (docs/cluster-plan.md uses $2.50, the rate the "
                                 "paper's Table 3 implies). None = no dollar figures: a price is the cluster's, not "
                                 "the code's")
+    # Before the sections that name tasks: fields validate in this order, so a declared task is
+    # registered by the time curate.dataset.name or eval.test.name is checked.
+    task: TaskConfig = Field(default_factory=TaskConfig,
+                             description="a task of your own (README: Your own task), or the path of a YAML file "
+                                         "holding one (relative: to the working directory)")
     prompt: PromptConfig = PromptConfig()
     reward: RewardConfig = RewardConfig()
     advantage: AdvantageConfig = AdvantageConfig()
@@ -417,6 +561,29 @@ class ExperimentConfig(Section):
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_file(cls, value: Any) -> Any:
+        """`task: FILE.yaml`: the declaration in that file (under a top-level `task:` or not)."""
+        if not isinstance(value, (str, Path)):
+            return value
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"task: {path} is not a file (relative paths are relative to the working directory)")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if isinstance(loaded, dict) and isinstance(loaded.get("task"), dict):
+            loaded = loaded["task"]
+        if not isinstance(loaded, dict):
+            raise ValueError(f"task: {path} does not hold a task declaration (a mapping)")
+        return loaded
+
+    @field_validator("task", mode="after")
+    @classmethod
+    def _register_task(cls, task: TaskConfig) -> TaskConfig:
+        if task.name is not None:
+            declare(task)
+        return task
 
     @model_validator(mode="after")
     def _reward_len_matches_generation(self) -> "ExperimentConfig":
@@ -438,6 +605,15 @@ class ConfigError(ValueError):
     """A config file or override that does not validate; the message says which field and why."""
 
 
+def declare_exported_tasks() -> None:
+    """Register the tasks a parent process declared (`ADVDISTILL_TASKS`, `task_declaration`): a
+    Ray worker or Serve replica imports the registry fresh. Their import paths are imported where
+    they are called, not here."""
+    for data in exported():
+        declare(TaskConfig.model_validate(data, context={"skip_imports": True}))
+
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -455,7 +631,12 @@ def _validated(tree: dict, path: Path | None = None, overrides: Sequence[str] = 
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError("; ".join(_explained(e, path, overrides) for e in err.errors())) from None
+        errors = err.errors()
+        # A declaration that failed leaves its task unknown to the datasets that name it: say it once.
+        declared = tree.get("task", {}).get("name") if isinstance(tree.get("task"), dict) else None
+        if declared and any(e["loc"][:1] == ("task",) for e in errors):
+            errors = [e for e in errors if f"unknown task {declared!r}" not in e["msg"]]
+        raise ConfigError("; ".join(_explained(e, path, overrides) for e in errors)) from None
 
 
 def _explained(error: Mapping[str, Any], path: Path | None, overrides: Sequence[str]) -> str:

@@ -44,8 +44,10 @@ RAY_ENV_DEFAULTS = {
 
 # Secrets every worker may need, forwarded by name from the driver's environment when set there
 # (Ray workers get their node's environment, not the driver's); their values never reach a config,
-# run.json or a log. HF_TOKEN: gated or rate-limited hub downloads on the nodes.
-FORWARDED_BY_NAME = ("HF_TOKEN",)
+# run.json or a log. HF_TOKEN: gated or rate-limited hub downloads on the nodes. ADVDISTILL_TASKS
+# (not a secret): the tasks the driver's config declared, which every worker registers when it
+# imports the package (advdistill.task_declaration).
+FORWARDED_BY_NAME = ("HF_TOKEN", "ADVDISTILL_TASKS")
 
 
 def driver_env_vars() -> dict[str, str]:

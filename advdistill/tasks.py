@@ -28,8 +28,11 @@ from advdistill.data.synthetic import make_split
 from advdistill.registry import Registry
 
 # "number": the reference is a plain number (checked when loading); "math": any math expression
-# (math-verify judges it); "multiple_choice": the reference is an option letter.
-AnswerKind = Literal["number", "math", "multiple_choice"]
+# (math-verify judges it); "multiple_choice": the reference is an option letter; "exact": the
+# answer equals the reference once both are normalised (`scoring.verify.normalise`); "regex": the
+# answer matches `TaskSpec.pattern` in full; "custom": the task's own `verifier` decides.
+AnswerKind = Literal["number", "math", "multiple_choice", "exact", "regex", "custom"]
+ANSWER_KINDS: tuple[str, ...] = AnswerKind.__args__
 
 # Multiple-choice options are listed as `A. …` to `J. …` (MMLU-Pro has at most ten).
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -67,6 +70,17 @@ class TaskSpec:
     # A record -> the cluster of related items it was drawn in (a synthetic skeleton, a GSM-PLUS
     # seed question), resampled together by the intervals; None (or a None answer): its own.
     cluster: Callable[[dict[str, Any]], str | None] | None = None
+    # "regex": the pattern a correct answer matches in full, `{reference}` standing for the record's
+    # reference (escaped); without one, the reference itself is the pattern.
+    pattern: str | None = None
+    # "custom": `module:function(extracted, reference, record) -> bool`, run in a worker process
+    # killed after `verifier_time_limit_s` (`scoring.custom_verifier`).
+    verifier: str | None = None
+    verifier_time_limit_s: float = 1.0
+    # Rows from a local file when the dataset names none (a declared task): `{split}` in it stands
+    # for the source split; one file holding several splits says which in its `split_column`.
+    source_file: str | None = None
+    split_column: str | None = None
 
     @property
     def multiple_choice(self) -> bool:

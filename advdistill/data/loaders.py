@@ -5,7 +5,9 @@
 What differs between tasks — the hub id, the splits, how a row becomes a record — is the task's
 registry entry (`advdistill.tasks`). Rows come from a local JSON-lines/Parquet file with the
 source's fields (clusters without hub access, tests), else from the task's generator (the
-synthetic task), else from its hub id with `datasets.load_dataset`. Rows that cannot become a
+synthetic task), else from the task's own file (a declared task: `TaskSpec.source_file`, whose
+`split_column` picks the split's rows where one file holds several), else from its hub id with
+`datasets.load_dataset`. Rows that cannot become a
 record (missing or empty fields, an unparsable reference, a duplicate id, a line that is not
 JSON or not UTF-8) never stop a run: they are returned as quarantined, each with its reason, the
 source it came from and its 1-based `line` (the line of a JSONL file, the row of a Parquet file
@@ -117,6 +119,8 @@ def source_name(cfg: DatasetConfig) -> str:
         return str(cfg.path)
     if spec.generate is not None:
         return f"generated:{spec.name}"
+    if spec.source_file is not None:
+        return spec.source_file.replace("{split}", spec.splits[cfg.split])
     return f"hub:{spec.hub_id}"
 
 
@@ -126,6 +130,11 @@ def _source_rows(cfg: DatasetConfig, spec: TaskSpec, quarantined: list[dict[str,
         return _read_local(Path(cfg.path), quarantined)
     if spec.generate is not None:
         return enumerate(spec.generate(cfg.split, cfg.limit, cfg.seed), 1)
+    if spec.source_file is not None:
+        source, column = spec.splits[cfg.split], spec.split_column
+        rows = _read_local(Path(spec.source_file.replace("{split}", source)), quarantined)
+        # One file, several splits: this split's rows (a row that names none belongs to every split).
+        return rows if column is None else ((n, r) for n, r in rows if r.get(column) is None or str(r[column]) == source)
     if spec.hub_id is None:
         raise ValueError(f"task {spec.name} has no hub id: give a local file (dataset.path)")
     return _read_hub(spec, cfg.split)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from advdistill.config import AdvantageConfig, RewardConfig
 from advdistill.schema import TRUNCATED
-from advdistill.scoring.rewards import composite_reward, format_reward
+from advdistill.scoring.rewards import composite_reward, extra_reward, format_reward
 from advdistill.scoring.verify import judge
 
 
@@ -49,15 +49,18 @@ def score_group(
     task: str,
     reward_cfg: RewardConfig | None = None,
     advantage_cfg: AdvantageConfig | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score one prompt's K responses: correctness, format, composite reward, advantages, keep.
+    """Score one prompt's K responses: correctness, format, composite reward (with the config's
+    extra terms, `reward.extra`), advantages, keep. `record` is the item (SPEC §8 fields), which
+    a task's own verifier and the extra reward terms get.
 
     A response truncated at the token limit is incorrect whatever it says (`judge`)."""
     truncated = [reason == TRUNCATED for reason in finish_reasons]
-    correct = [judge(text, reason, reference, task).correct for text, reason in zip(responses, finish_reasons)]
+    correct = [judge(text, reason, reference, task, record).correct for text, reason in zip(responses, finish_reasons)]
     format_ok = [format_reward(text) == 1.0 for text in responses]
     rewards = [
-        composite_reward(text, n, ok, cut, reward_cfg)
+        composite_reward(text, n, ok, cut, reward_cfg) + extra_reward(text, n, record, reward_cfg)
         for text, n, ok, cut in zip(responses, token_lengths, correct, truncated)
     ]
     advantages = group_advantages(rewards, advantage_cfg)

@@ -28,6 +28,10 @@ process, by its first LaTeX answer or by `warm_up()`; it is not part of a compar
 
 Verdicts are cached (LRU, short inputs only): a group of responses repeats the same answers.
 A timeout is not a verdict and is not cached: under load, the next try may finish in time.
+
+A task's own verifier (`answer: custom`, `scoring.custom_verifier`) runs in a pool of the same
+kind whose server imports that verifier's module instead of math-verify (`target`), for the same
+reasons: a verifier that hangs in C code, or loops, is killed at its deadline.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ _PID_BYTES = 8
 _WORKER_FILE = str(Path(__file__).with_name("math_verify_worker.py"))
 _SERVER_CODE = (
     "import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "runpy.run_path(sys.argv[2], run_name='math_verify_server')['serve_forks'](int(sys.argv[3]))"
+    "runpy.run_path(sys.argv[2], run_name='math_verify_server')['serve_forks'](int(sys.argv[3]), sys.argv[4])"
 )
 
 
@@ -106,11 +110,11 @@ class _WorkerDied(Exception):
 class _ForkServer:
     """The process that forks warm math-verify workers (see `math_verify_worker`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: str = "") -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _SERVER_CODE, json.dumps(sys.path), _WORKER_FILE, str(theirs.fileno())],
+                [sys.executable, "-c", _SERVER_CODE, json.dumps(sys.path), _WORKER_FILE, str(theirs.fileno()), target],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -167,10 +171,13 @@ class _Worker:
 
 
 class MathVerifyPool:
-    """Worker processes running math-verify, each comparison bounded by `time_limit_s`."""
+    """Worker processes running math-verify (or the verifier `target` names, `module:function`),
+    each comparison bounded by `time_limit_s`."""
 
-    def __init__(self, time_limit_s: float = TIME_LIMIT_S, max_idle: int = MAX_IDLE, max_busy: int = MAX_BUSY) -> None:
+    def __init__(self, time_limit_s: float = TIME_LIMIT_S, max_idle: int = MAX_IDLE, max_busy: int = MAX_BUSY,
+                 target: str = "") -> None:
         self.time_limit_s = time_limit_s
+        self.target = target
         self.max_idle = max(1, max_idle)
         self.max_workers = max(2, max_busy)  # live workers, busy or idle
         self._server: _ForkServer | None = None
@@ -189,14 +196,19 @@ class MathVerifyPool:
 
         Raises `_TimedOut` past the time limit (the worker is killed) or if workers die, and
         `_Unavailable` when no worker can be had at all."""
+        return self.call((reference, answer)) is True
+
+    def call(self, request: tuple) -> object:
+        """A worker's answer to `request` (math-verify: `(reference, answer)`; a task's verifier:
+        `(extracted, reference, record)`), with the same time bound and errors as `verify`."""
         server = self._server
         if server is None or not server.ready():
             self.warm_up()  # the one-time start-up (or a restart after the server died): not timed
         try:
-            return self._verify_once(reference, answer, self.time_limit_s)
+            return self._call_once(request, self.time_limit_s)
         except _WorkerDied as died:  # e.g. its fork server was killed: once more, in the time left
             try:
-                return self._verify_once(reference, answer, died.time_left)
+                return self._call_once(request, died.time_left)
             except _WorkerDied as error:
                 raise _TimedOut(f"workers died: {error}") from None
 
@@ -217,17 +229,17 @@ class MathVerifyPool:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _verify_once(self, reference: str, answer: str, time_limit_s: float) -> bool:
+    def _call_once(self, request: tuple, time_limit_s: float) -> object:
         start = time.monotonic()
         worker = self._acquire(start + time_limit_s)  # getting a worker counts against the limit
         healthy = False
         try:
-            worker.conn.send((reference, answer))
+            worker.conn.send(request)
             if not worker.conn.poll(max(0.0, time_limit_s - (time.monotonic() - start))):
                 raise _TimedOut(f"over {self.time_limit_s} s")  # killed below
             verdict = worker.conn.recv()
             healthy = True
-            return verdict is True
+            return verdict
         except (OSError, EOFError, ValueError) as error:
             raise _WorkerDied(repr(error), max(0.0, time_limit_s - (time.monotonic() - start))) from None
         finally:
@@ -238,7 +250,7 @@ class MathVerifyPool:
             if self._closed:
                 raise _Unavailable("pool closed")
             if self._server is None or not self._server.alive():
-                self._server = _ForkServer()
+                self._server = _ForkServer(self.target)
             return self._server
 
     def _start_worker(self) -> _Worker | None:
@@ -333,6 +345,7 @@ class MathVerifyPool:
 _pool: MathVerifyPool | None = None
 _pool_pid: int | None = None
 _pool_lock = threading.Lock()
+_verifier_pools: dict[tuple[str, float], MathVerifyPool] = {}  # a task's own verifiers, by target and limit
 
 
 def shared_pool() -> MathVerifyPool:
@@ -345,15 +358,27 @@ def shared_pool() -> MathVerifyPool:
         return _pool
 
 
+def verifier_pool(target: str, time_limit_s: float) -> MathVerifyPool:
+    """This process's pool for a task's own verifier `target` (`module:function`)."""
+    with _pool_lock:
+        pool = _verifier_pools.get((target, time_limit_s))
+        if pool is None:
+            pool = _verifier_pools[(target, time_limit_s)] = MathVerifyPool(time_limit_s, target=target)
+            atexit.register(pool.close)
+        return pool
+
+
 def _forget_parent_pool() -> None:
     """In a forked child: fresh locks (another thread may have held them at the fork) and no
     pool; the parent's stays the parent's."""
     global _pool, _pool_pid, _pool_lock
-    if _pool is not None and _pool._server is not None:
-        try:
-            _pool._server._control.close()  # this process's copy only
-        except OSError:
-            pass
+    for pool in [_pool, *_verifier_pools.values()]:
+        if pool is not None and pool._server is not None:
+            try:
+                pool._server._control.close()  # this process's copy only
+            except OSError:
+                pass
+    _verifier_pools.clear()
     _pool, _pool_pid, _pool_lock = None, None, threading.Lock()
 
 

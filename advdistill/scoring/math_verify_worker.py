@@ -1,5 +1,8 @@
 """The child side of `math_verify_pool`: a fork server with math-verify loaded, and the workers
-it forks, which compare answers until the pool kills them.
+it forks, which compare answers until the pool kills them. The same server runs a task's own
+verifier (`answer: custom`, a `module:function` import path) instead: its module is imported by
+the server, so each worker forked from it starts with it loaded, and a call that raises or
+returns something other than a bool answers with the reason (a string) rather than a verdict.
 
 The server is a fresh interpreter (`python -c …`, started by the pool) that runs this file on its
 own (it imports nothing from advdistill): math-verify is imported and its LaTeX parser built (the
@@ -20,12 +23,14 @@ SIGALRM, which cannot stop sympy's C-level work; the pool bounds each call from 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import signal
 import socket
 import struct
 from multiprocessing.connection import Connection
+from typing import Any, Callable
 
 READY = "ready"
 FORK, KILL = b"F", b"K"
@@ -55,6 +60,31 @@ def verify_pair(reference: str, answer: str) -> bool:
         return False
 
 
+def custom_judge(target: str) -> Callable[..., Any]:
+    """A task's own verifier `module:function` as a judge: (extracted, reference, record) -> True,
+    False, or why there is no verdict (a string: it raised, returned a non-bool, or its module
+    did not import)."""
+    module, _, name = target.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except BaseException as error:  # noqa: BLE001 - reported per call, never a crash of the server
+        failure = f"could not be imported: {type(error).__name__}: {error}"
+        return lambda *request: failure
+
+    def judge(extracted: Any, reference: Any, record: Any) -> bool | str:
+        try:
+            verdict = function(extracted, reference, record)
+        except BaseException as error:  # noqa: BLE001 - a verifier's failure is a reason, not a crash
+            return f"raised {type(error).__name__}: {error}"[:500]
+        if verdict is True or verdict is False:
+            return verdict
+        if type(verdict).__name__ == "bool_":  # numpy's
+            return bool(verdict)
+        return f"returned {type(verdict).__name__}: not a bool"
+
+    return judge
+
+
 def _die_with_parent() -> None:
     """SIGKILL this worker when the server that forked it exits: a worker stuck in C code
     cannot notice on its own. (Linux; the server is single-threaded, as PDEATHSIG needs.)"""
@@ -64,28 +94,29 @@ def _die_with_parent() -> None:
         pass
 
 
-def serve(conn: Connection) -> None:
-    """A worker: answer (reference, answer) requests on `conn` until it closes."""
+def serve(conn: Connection, judge: Callable[..., Any] = verify_pair) -> None:
+    """A worker: answer requests on `conn` with `judge(*request)` until it closes (math-verify:
+    (reference, answer) requests)."""
     conn.send(READY)
     while True:
         try:
-            reference, answer = conn.recv()
+            request = conn.recv()
         except (EOFError, OSError):
             return
         except Exception:  # noqa: BLE001 - a garbled request
             conn.send(False)
             continue
-        conn.send(verify_pair(reference, answer))
+        conn.send(judge(*request))
 
 
-def _fork_worker(control: socket.socket, worker_fd: int, children: set[int]) -> None:
+def _fork_worker(control: socket.socket, worker_fd: int, children: set[int], judge: Callable[..., Any]) -> None:
     pid = os.fork()
     if pid == 0:  # the worker
         code = 0
         try:
             control.close()
             _die_with_parent()
-            serve(Connection(worker_fd))
+            serve(Connection(worker_fd), judge)
         except BaseException:  # noqa: BLE001
             code = 1
         finally:
@@ -115,9 +146,13 @@ def _reap(children: set[int]) -> None:
             children.discard(pid)
 
 
-def serve_forks(control_fd: int) -> None:
-    """The fork server's loop (see the module doc)."""
+def serve_forks(control_fd: int, target: str = "") -> None:
+    """The fork server's loop (see the module doc): workers judging with math-verify, or with the
+    verifier `target` names (`module:function`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the pool's process's business
+    judge = custom_judge(target) if target else verify_pair
+    if not target:
+        _warm_up()
     control = socket.socket(fileno=control_fd)
     children: set[int] = set()
     try:
@@ -127,7 +162,7 @@ def serve_forks(control_fd: int) -> None:
                 return  # the pool's process closed the socket or died
             _reap(children)
             if message[:1] == FORK and fds:
-                _fork_worker(control, fds[0], children)
+                _fork_worker(control, fds[0], children, judge)
             elif message[:1] == KILL and len(message) == 1 + PID.size:
                 _kill(PID.unpack(message[1:])[0], children)
             for fd in fds[1:]:
@@ -138,10 +173,8 @@ def serve_forks(control_fd: int) -> None:
 
 
 def _warm_up() -> None:
+    """math-verify's imports and its parser's first build, in the server, before any fork."""
     try:
         verify_pair("x^2+1", "1+x^2")
     except BaseException:  # noqa: BLE001
         pass
-
-
-_warm_up()

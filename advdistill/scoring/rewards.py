@@ -1,11 +1,24 @@
-"""Rule-based rewards, SPEC §4 (paper §4.1): R = w_cos · R_cos + w_fmt · R_fmt."""
+"""Rule-based rewards, SPEC §4 (paper §4.1): R = w_cos · R_cos + w_fmt · R_fmt, plus the extra
+terms a config names by import path (`reward.extra`: Σ weight · fn(response, record, tokens)).
+
+An extra term that raises or returns something other than a finite number adds 0 for that
+response; the reason is logged once per term and kind of failure in each process (a reward term
+never fails a run; its import and signature were checked when the config was read).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+from functools import lru_cache
+from typing import Any, Callable, Mapping
 
+from advdistill.callables import resolve
 from advdistill.config import RewardConfig, SamplingConfig
 from advdistill.scoring.extract import last_boxed
+
+log = logging.getLogger(__name__)
 
 # Without an experiment's config: L_max is the default generation limit, as an ExperimentConfig derives it.
 _DEFAULT = RewardConfig(max_len=SamplingConfig().max_tokens)
@@ -59,3 +72,33 @@ def composite_reward(
     """R = w_cos · R_cos + w_fmt · R_fmt (paper: w_cos = 2, w_fmt = 1)."""
     cfg = cfg or _DEFAULT
     return cfg.w_cos * cosine_reward(num_tokens, correct, truncated, cfg) + cfg.w_fmt * format_reward(text)
+
+
+@lru_cache(maxsize=64)
+def _term(target: str) -> Callable[..., Any]:
+    return resolve(target)
+
+
+_failed: set[tuple[str, str]] = set()
+_failed_lock = threading.Lock()
+
+
+def extra_reward(text: str, num_tokens: int, record: Mapping[str, Any] | None, cfg: RewardConfig | None) -> float:
+    """Σ weight · fn(response, record, tokens) over `cfg.extra` (0 without terms)."""
+    total = 0.0
+    for term in (cfg.extra if cfg is not None else ()):
+        try:
+            value = float(_term(term.fn)(text, dict(record or {}), int(num_tokens)))
+            if not math.isfinite(value):
+                raise ValueError(f"returned {value}, not a finite number")
+        except Exception as error:  # noqa: BLE001 - a reward term never fails a run
+            key = (term.fn, type(error).__name__)
+            with _failed_lock:
+                first = key not in _failed
+                _failed.add(key)
+            if first:
+                log.warning("reward term %s failed on %s (%s: %s): adds 0; logged once per process for this reason",
+                            term.fn, (record or {}).get("id"), type(error).__name__, str(error)[:300])
+            continue
+        total += term.weight * value
+    return total

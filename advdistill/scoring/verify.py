@@ -8,6 +8,12 @@
   decimals by math-verify's 6-digit rounding); anything else is math-verify's verdict
   (`verify(parse(gold), parse(answer))`, gold first), computed in a worker process that is
   killed at the deadline (`math_verify_pool`).
+- Exact (`answer: exact`): the answer equals the reference once both are normalised (`normalise`:
+  Unicode NFKC, case folded, `\\text{}` unwrapped, whitespace collapsed, a trailing period dropped).
+- Regex (`answer: regex`): the answer matches the task's pattern in full (`{reference}` in it
+  stands for the escaped reference; without a pattern the reference is the pattern).
+- Custom (`answer: custom`): the task's own verifier, `module:function(extracted, reference,
+  record) -> bool`, run in a worker process killed at its time limit (`custom_verifier`).
 - No extractable answer is incorrect (critical thinking aside), and so is a response truncated
   at the token limit, whatever it says (`judge`, the one place that rule is applied).
 
@@ -19,10 +25,14 @@ per response; a timeout counts as incorrect. No guard rejects answers by their s
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Any, Mapping, NamedTuple
 
-from advdistill.schema import TRUNCATED
+from advdistill.schema import TRUNCATED, Record, columns
 from advdistill.scoring.critical_thinking import critical_thinking_correct
+from advdistill.scoring.custom_verifier import custom_verdict
 from advdistill.scoring.extract import extract_answer, normalize_choice
 from advdistill.scoring.math_verify_pool import latex_answers_match
 from advdistill.scoring.numbers import numbers_match, parse_number, read_number
@@ -50,25 +60,63 @@ def _math_matches(answer: str, reference: str) -> bool:
     return latex_answers_match(reference, answer)
 
 
-def answers_match(answer: str | None, reference: str | None, task: str) -> bool:
-    """Whether an extracted answer equals the reference, SPEC §3 (never raises)."""
+_TEXT = re.compile(r"\\text\s*\{([^{}]*)\}")
+_SPACES = re.compile(r"\s+")
+_RECORD_FIELDS = columns(Record)  # what a task's own verifier gets of an item
+MAX_PATTERN_INPUT = 1_000  # characters of an answer a pattern is matched against (longer: no match)
+
+
+def normalise(text: str) -> str:
+    """An answer as `answer: exact` compares it: NFKC, case folded, `\\text{}` unwrapped,
+    whitespace collapsed, a trailing period dropped."""
+    text = _TEXT.sub(r"\1", unicodedata.normalize("NFKC", text))
+    return _SPACES.sub(" ", text).strip().rstrip(".").strip().casefold()
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _pattern_matches(answer: str, reference: str | None, pattern: str | None) -> bool:
+    if len(answer) > MAX_PATTERN_INPUT:
+        return False
+    if pattern is None:
+        return reference is not None and _compiled(reference).fullmatch(answer.strip()) is not None
+    source = pattern.replace("{reference}", re.escape(reference or ""))
+    return _compiled(source).fullmatch(answer.strip()) is not None
+
+
+def answers_match(answer: str | None, reference: str | None, task: str,
+                  record: Mapping[str, Any] | None = None) -> bool:
+    """Whether an extracted answer equals the reference, SPEC §3 (never raises). `record` (the
+    item, SPEC §8 fields) is what a task's own verifier gets besides the two."""
     try:
         spec = get_task(task)
+        if spec.answer == "custom":
+            if answer is None:
+                return False
+            item = {key: (record or {"task": task, "reference": reference}).get(key) for key in _RECORD_FIELDS}
+            return custom_verdict(spec.verifier or "", str(answer), reference, item, spec.verifier_time_limit_s)
         if _is_critical_thinking(reference, spec):
             return critical_thinking_correct(answer)
         if answer is None:
             return False
         if spec.multiple_choice:
             return _choice_matches(str(answer), str(reference))
+        if spec.answer == "exact":
+            return normalise(str(answer)) == normalise(str(reference))
+        if spec.answer == "regex":
+            return _pattern_matches(str(answer), reference, spec.pattern)
         return _math_matches(str(answer), str(reference))
     except Exception:  # noqa: BLE001 - a verifier must never raise
         return False
 
 
-def is_correct(text: str, reference: str | None, task: str) -> bool:
+def is_correct(text: str, reference: str | None, task: str, record: Mapping[str, Any] | None = None) -> bool:
     """SPEC §3: extract the answer from a response and compare it with the reference (for a
     response whose finish reason is known, `judge` also applies the truncation rule)."""
-    return answers_match(extract_answer(text, task), reference, task)
+    return answers_match(extract_answer(text, task), reference, task, record)
 
 
 class Verdict(NamedTuple):
@@ -76,8 +124,9 @@ class Verdict(NamedTuple):
     correct: bool
 
 
-def judge(text: str, finish_reason: str, reference: str | None, task: str) -> Verdict:
+def judge(text: str, finish_reason: str, reference: str | None, task: str,
+          record: Mapping[str, Any] | None = None) -> Verdict:
     """A generated response's answer and correctness, SPEC §3: a response truncated at the token
     limit is incorrect whatever it says (and is not verified)."""
     answer = extract_answer(text, task)
-    return Verdict(answer, finish_reason != TRUNCATED and answers_match(answer, reference, task))
+    return Verdict(answer, finish_reason != TRUNCATED and answers_match(answer, reference, task, record))
