@@ -60,6 +60,7 @@ from advdistill.serve.deployments import GRACEFUL_SHUTDOWN_S, ModelServer, check
 from advdistill.serve.paths import under_root
 from advdistill.serve.service import EvaluationService
 from advdistill.storage import is_uri
+from advdistill.task_declaration import with_declared_tasks
 from advdistill.tasks import task_names
 
 api = make_api()
@@ -142,6 +143,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         if checkpoints_options:
             deployment = deployment.options(ray_actor_options=checkpoints_options)
         checkpoints = deployment.bind(checkpoint_root, cfg_json)
+    # The ingress builds its request and answer schemas when it imports the package: the tasks the
+    # config declared are registered by then (advdistill.task_declaration).
+    api_options = with_declared_tasks(api_options)
     ingress = EvaluateAPI
     if api_options:
         ingress = EvaluateAPI.options(ray_actor_options={"num_cpus": 0.5, **api_options})

@@ -103,12 +103,13 @@ def dataset_file(name: str, limits: ServeConfig) -> str:
 
 
 def dataset_source(ref: DatasetRef, limits: ServeConfig) -> DatasetConfig:
-    """What to load for a dataset request: a file inside the data root, a built-in generator, or
-    (with `serve.allow_hub`) the hub."""
+    """What to load for a dataset request: a file inside the data root, a built-in generator, the
+    file a task declared in the server's config names, or (with `serve.allow_hub`) the hub."""
     path = None
+    spec = get_task(ref.name)
     if ref.path is not None:
         path = dataset_file(ref.path, limits)
-    elif get_task(ref.name).generate is None and not limits.allow_hub:
+    elif spec.generate is None and spec.source_file is None and not limits.allow_hub:
         raise Invalid([issue(["body", "dataset", "path"], f"{ref.name} is a hub dataset and this server loads none "
                              "from the hub: name a file inside its data root")])
     if ref.limit is not None:
