@@ -34,18 +34,19 @@ from advdistill.generation.base import GenerationParams
 from advdistill.generation.ledger import Held, Ledger
 from advdistill.generation.pool import actor_pool
 from advdistill.generation.ray_stage import USAGE, check_context, generate_and_score
-from advdistill.schema import CuratedGroup, GeneratedGroup, arrow_schema
+from advdistill.schema import CuratedGroup, GeneratedGroup, Record, arrow_schema, columns
 from advdistill.storage import resolved, uri
 from advdistill.scoring import score_group
 
 log = logging.getLogger(__name__)
+RECORD_FIELDS = columns(Record)  # what a task's own verifier and reward terms get of a group
 
 
 def score_curated(row: GeneratedGroup, cfg: ExperimentConfig) -> CuratedGroup:
     """SPEC §3–§5 scoring of one group (the pure `score_group`), stamped with the teacher and its
     sampling settings."""
     scored = score_group(row["responses"], row["token_lengths"], row["finish_reasons"], row["reference"], row["task"],
-                         cfg.reward, cfg.advantage)
+                         cfg.reward, cfg.advantage, record={k: row[k] for k in RECORD_FIELDS})
     return {**row, **scored, "teacher": cfg.teacher, "sampling": json.dumps(cfg.curate.sampling.model_dump())}
 
 

@@ -53,7 +53,7 @@ def score_prediction(row: GeneratedGroup) -> Prediction:
     correctness (`judge`), tokens, the record's cluster (`record_cluster`: what an interval resamples
     together) and its breakdown fields (None where it has none)."""
     response, finish = row["responses"][0], row["finish_reasons"][0]
-    verdict = judge(response, finish, row["reference"], row["task"])
+    verdict = judge(response, finish, row["reference"], row["task"], row)
     return {"id": row["id"], "response": response, "extracted": verdict.answer, "correct": bool(verdict.correct),
             "tokens": int(row["token_lengths"][0]), "finish_reason": finish, "cluster": record_cluster(row),
             **{name: row["meta"].get(name) for name in breakdown_fields()}}
