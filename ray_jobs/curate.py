@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import check_input_path, check_output_dir, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_input_path, check_inputs, check_output_dir, load_from_args, make_parser  # noqa: E402
 from advdistill.local_ray import init_ray  # noqa: E402
 
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = [f"curate.dataset.{key}={value}" for key, value in
              (("name", args.dataset), ("split", args.split), ("path", args.path), ("limit", args.limit)) if value is not None]
     cfg = load_from_args(args, extra)
+    check_inputs(cfg, models=("teacher",), datasets=("curate.dataset",), path_option="--path FILE")
     check_output_dir(args.output)  # before Ray starts: a one-line error, not a traceback later
     if cfg.curate.dataset.path:
         check_input_path(cfg.curate.dataset.path, "dataset file")

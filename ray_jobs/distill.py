@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import check_output_dir, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import check_inputs, check_output_dir, load_from_args, make_parser  # noqa: E402
 from advdistill.local_ray import init_ray  # noqa: E402
 
 
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--serve", action="store_true", help="serve the checkpoints on the evaluation API afterwards")
     args = parser.parse_args(argv)
     cfg = load_from_args(args)
+    # Every model and hub dataset the run will load, before Ray starts: a typo is one line now,
+    # not a failure after the whole curation.
+    check_inputs(cfg, models=("teacher", "student", "extra_sft_students"),
+                 datasets=("curate.dataset", "eval.test", "eval.ood"))
     output = args.output or str(Path("runs") / cfg.name)
 
     from advdistill.run.pipeline import run

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import check_input_path, check_output_dir, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import (check_dataset_flags, check_input_path, check_model_flag, check_output_dir,  # noqa: E402
+                            load_from_args, make_parser)
 from advdistill.local_ray import init_ray  # noqa: E402
 from advdistill.tasks import task_names  # noqa: E402
 
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
                     for split in dict.fromkeys(args.split)}
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    # Before Ray starts: a missing model or an unreachable hub dataset is one line, not a traceback.
+    check_model_flag("--model", args.model)
+    check_dataset_flags("--dataset", datasets.values(), "--path FILE")
     check_output_dir(args.output)
     if args.path:
         check_input_path(args.path, "dataset file")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from advdistill.cli import check_input_path, check_output_dir, load_from_args, make_parser  # noqa: E402
+from advdistill.cli import (check_input_path, check_inputs, check_model_flag, check_output_dir,  # noqa: E402
+                            load_from_args, make_parser)
 from advdistill.local_ray import init_ray  # noqa: E402
 from advdistill.methods import method_names  # noqa: E402
 
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mode is not None:
         parser.error("--mode was renamed --method")
     cfg = load_from_args(args, [f"train.method={args.method}"] if args.method else [])
+    if args.student is None:
+        check_inputs(cfg, models=("student",))
+    else:
+        check_model_flag("--student", args.student)
 
     from advdistill.train.trainer import groups_folder, train
 

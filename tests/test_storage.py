@@ -298,6 +298,17 @@ def test_entry_point_path_checks_probe_a_uri_on_its_store(root, tmp_path):
         check_output_dir("s3://no-such-bucket-here/run")
 
 
+def test_a_model_field_naming_a_uri_is_checked_on_its_store(root, tmp_path):
+    """`--set student=s3://…` is a model folder on the bucket (its config.json is there), checked
+    before Ray starts like a local folder (issue 31.2)."""
+    from advdistill.preflight import PreflightError, check_model
+
+    storage.copy_tree(make_model_folder(tmp_path / "model"), root / "models" / "student")
+    check_model("student", (root / "models" / "student").uri)
+    with pytest.raises(PreflightError, match=r"^student = s3://.*/models/studnet.*: no config.json there, not a model"):
+        check_model("student", (root / "models" / "studnet").uri)
+
+
 # ------------------------------------------------------------------ training on a URI
 
 

@@ -53,6 +53,7 @@ from typing import Any
 from ray import serve
 
 from advdistill.config import REPO, ExperimentConfig, load_config, with_overrides
+from advdistill.preflight import nearby
 from advdistill.prompts import exemplars_for
 from advdistill.serve.api import make_api
 from advdistill.serve.catalog import load_tokenizer
@@ -126,8 +127,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     for spec in models:
         name, path = spec["name"], spec["path"]
         resolved = under_root(checkpoint_root, path)
-        if resolved is None or not resolved.is_dir():
-            raise ValueError(f"model {name!r}: {path!r} is not a folder inside the checkpoint root {checkpoint_root}")
+        if resolved is None or not (resolved / "config.json").is_file():  # checked before any replica starts
+            raise ValueError(f"model {name!r}: {path!r} is not a model folder (with a config.json) inside the "
+                             f"checkpoint root {checkpoint_root}{nearby(path, (root,))}")
         base_model = bool(spec.get("base_model", False))
         options: dict[str, Any] = {"name": f"model-{name}"}
         if spec.get("ray_actor_options"):
