@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     init_ray()
     summary = curate(cfg, args.output, few_shot=args.few_shot)
+    from advdistill.cards import write_dataset_card
+
+    write_dataset_card(args.output)  # README.md: what the groups are, for the Hub and for datasets
     print(json.dumps({k: summary[k] for k in ("prompts_read", "kept", "dropped", "quarantined", "per_sample_accuracy",
                                               "tokens_generated", "wall_seconds")}, indent=2))
     return summary

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     init_ray()
     metrics = train(cfg, args.groups, args.output, student=args.student)
+    from advdistill.cards import curation_summary, write_model_card
+
+    write_model_card(args.output, curation=curation_summary(args.groups))  # final/README.md
     print(json.dumps(metrics, indent=2, default=str))
     return metrics
 

@@ -122,3 +122,31 @@ def test_the_run_is_tracked_in_mlflow_with_a_nested_run_per_stage(run):
     metrics = json.loads((output / "eval" / "teacher-synthetic-test" / "metrics.json").read_text())
     assert stages["eval-teacher"].data.metrics["synthetic-test/accuracy"] == metrics["accuracy"]
     assert f"tracked in MLflow: {(output / 'mlruns').as_uri()}" in log
+
+
+def test_the_run_publishes_cards_and_names_models_as_configured(run):
+    """Issue 31.3: each final/ has a model card the Hub reads (base model, license, the run's
+    evaluation results), curate/ a dataset card with which `datasets` loads the kept groups, and
+    the report names the models as configured, not by the job's unpacked working directory."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard, ModelCard
+
+    output, _ = run
+    report = (output / "report" / "report.md").read_text()
+    assert "Teacher `models/tiny-teacher`, student `models/tiny-student`" in report
+    manifest = json.loads((output / "run.json").read_text())
+    assert manifest["models"]["teacher"]["name"] == "models/tiny-teacher"
+    for mode in ("advdistill", "sft"):
+        card = ModelCard.load(output / f"train-{mode}" / "final" / "README.md")
+        assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+        results = {r.dataset_name: r.metric_value for r in card.data.eval_results}
+        for split in ("synthetic-test", "synthetic-ood"):
+            accuracy = json.loads((output / "eval" / f"{mode}-{split}" / "metrics.json").read_text())["accuracy"]
+            assert results[split] == round(100 * accuracy, 2)
+        assert f"| **{mode}** (this model) |" in card.text and "| base (`models/tiny-student`) |" in card.text
+        assert "`models/tiny-student` fine-tuned with" in card.text and "weights exported in `float32`" in card.text
+        assert f"method: {mode}" in card.text  # the resolved config is in the card
+    dataset = DatasetCard.load(output / "curate" / "README.md")
+    assert dataset.data.license == "apache-2.0" and "teacher `models/tiny-teacher`" in dataset.text
+    groups = load_dataset(str(output / "curate"), split="train")  # the card's configs: groups/ is the train split
+    assert sorted(groups["id"]) == sorted(list_kept_ids(output))

@@ -93,6 +93,12 @@ def paired_comparisons(run: str | Path, models: list[str], splits: list[str],
     return out
 
 
+def _shown(manifest: dict[str, Any], model: str) -> str:
+    """A model as the config named it (`name`; runs before it was recorded: where it was found)."""
+    entry = manifest["models"][model]
+    return entry.get("name", entry["path"])
+
+
 def write_report(run: str | Path) -> Path:
     """Write RUN/report/report.md (+ PNGs) and return its path."""
     layout = RunLayout(run)
@@ -115,7 +121,7 @@ def write_report(run: str | Path) -> Path:
     summary = layout.curate.read_summary()
 
     sections = [f"# AdvDistill report: {manifest['name']}",
-                f"Teacher `{manifest['models']['teacher']['path']}`, student `{manifest['models']['base']['path']}`; "
+                f"Teacher `{_shown(manifest, 'teacher')}`, student `{_shown(manifest, 'base')}`; "
                 f"trained on `{manifest['train_dataset']}`. OOD sets are marked *.",
                 "## Accuracy (paper Table 1 shape)",
                 "Greedy decoding; each accuracy with its 95% cluster-bootstrap interval: 10,000 resamples of the "

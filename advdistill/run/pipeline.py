@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from advdistill.cards import configured_name
 from advdistill.config import DatasetConfig, ExperimentConfig, ResourcesConfig, dump_config, with_overrides
 from advdistill.curate.stage import curate
 from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
@@ -23,6 +24,7 @@ from advdistill.generation.pool import check_pools
 from advdistill.report import write_report
 from advdistill.run.folders import RunLayout, split_label
 from advdistill.run.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
+from advdistill.run.publish import write_run_cards
 from advdistill.run.tracking import NoTracking, RunTracker, numbers, open_tracking
 from advdistill.storage import PathLike, is_uri, resolved
 from advdistill.train.trainer import TrainOutput, train
@@ -229,13 +231,17 @@ def _stages(cfg: ExperimentConfig, layout: RunLayout, manifest: RunManifest, tra
                        track=partial(tracked_training, out))
 
     models = evaluated_models(cfg, layout, runs)
-    manifest.data["models"] = {name: {"path": _local(m.path), "few_shot": m.few_shot} for name, m in models.items()}
+    # `name`: as configured, for the report (`path` is where this run found it: under `ray job
+    # submit`, inside the job's unpacked working directory).
+    manifest.data["models"] = {name: {"path": _local(m.path), "name": configured_name(m.path), "few_shot": m.few_shot}
+                               for name, m in models.items()}
     datasets = [cfg.eval.test, *cfg.eval.ood]
     for name, model in models.items():
         splits = {split_label(d): (d, layout.eval(name, split_label(d))) for d in datasets}
         done = all(out.is_complete() for _, out in splits.values())
         manifest.stage(f"eval-{name}", done, _evaluate, cfg, model, splits, actors=GENERATION,
                        track=partial(tracked_evaluation, model, splits))
+    write_run_cards(layout)  # final/README.md with these evaluations, and curate/'s dataset card
     return write_report(layout.root)
 
 
