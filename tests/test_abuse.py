@@ -34,14 +34,7 @@ def data_root(tmp_path_factory):
     (root / "good.jsonl").write_text("\n".join(rows) + "\n")
     # line 2 is not UTF-8, line 4 is not JSON: rows, not the request, fail
     (root / "mixed.jsonl").write_bytes(rows[0].encode() + b"\n\xff\xfe not utf-8\n" + rows[1].encode() + b"\n{broken\n")
-    (root / "notes.txt").write_text("not a dataset\n")
-    (root / "prose.jsonl").write_text("This file holds prose, not JSON lines.\nNothing here is a record.\n")
-    (root / "empty.jsonl").write_text("")
-    (root / "broken.parquet").write_bytes(b"PAR1 but truncated")
-    (root / "big.jsonl").write_text((rows[0] + "\n") * (LIMITS["max_dataset_bytes"] // len(rows[0]) + 10))
-    (root / ".hidden").mkdir()
-    (root / ".hidden" / "good.jsonl").write_text(rows[0] + "\n")
-    (root.parent / "outside.jsonl").write_text(rows[0] + "\n")
+    # The files of each bad-request case are in tests/test_request_checks.py (no Serve needed).
     return root
 
 
