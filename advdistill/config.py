@@ -418,13 +418,16 @@ class ServeConfig(Section):
 
 
 class TrackingConfig(Section):
-    """Experiment tracking (`advdistill.run.tracking`): one MLflow run per distill.py run, a nested run
-    per stage."""
+    """Experiment tracking (`advdistill.run.tracking`): one run per distill.py run, one per stage
+    (MLflow: nested runs; W&B: a group)."""
 
-    enabled: bool | None = Field(None, description="None = on where MLflow is installed (the tracking extra)")
+    backend: Literal["auto", "mlflow", "wandb", "none"] = Field(
+        "auto", description="mlflow (the tracking extra), wandb (the wandb extra; WANDB_MODE=offline writes files "
+                            "under OUTPUT/wandb only), none; auto = mlflow where installed, else none")
+    enabled: bool | None = Field(None, description="the old switch, kept for one release: false = backend none")
     uri: str | None = Field(None, description="MLflow tracking URI (a server: http://host:5000); None = a file "
                                               "store in the run folder, OUTPUT/mlruns")
-    experiment: str = Field("advdistill", description="MLflow experiment the runs go to")
+    experiment: str = Field("advdistill", description="MLflow experiment, or W&B project, the runs go to")
 
 
 class TaskSourceConfig(Section):

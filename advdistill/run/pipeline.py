@@ -210,7 +210,7 @@ def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> di
     print(report.read_text().split("## Behaviour")[0], flush=True)
     print(f"[distill] report: {report}", flush=True)
     if tracker.enabled:
-        print(f"[distill] tracked in MLflow: {tracker.uri} (run {tracker.run_id})", flush=True)
+        print(f"[distill] tracked in {tracker.name}: {tracker.uri} (run {tracker.run_id})", flush=True)
     if serve:
         models = evaluated_models(cfg, layout, trainings(cfg))
         serve_models(cfg, layout, {name: m.path for name, m in models.items()},

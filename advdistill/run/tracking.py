@@ -1,4 +1,6 @@
-"""Experiment tracking with MLflow (the `tracking` extra; on by default where MLflow is installed).
+"""Experiment tracking, by `tracking.backend`: `mlflow` (the `tracking` extra; `auto`, the default,
+is MLflow where it is installed), `wandb` (Weights & Biases, the `wandb` extra:
+`advdistill.run.tracking_wandb`, the same record in W&B's terms) or `none`.
 
 One MLflow run per `distill.py` run, and a nested run per stage:
 
@@ -20,14 +22,17 @@ the run goes on without it.
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from advdistill.run.tracking_values import flatten, metric_name, numbers
+from advdistill.run.tracking_wandb import WandbStepLogger, WandbTracker
 from advdistill.storage import PathLike, is_uri
+
+__all__ = ["NoTracking", "RunTracker", "StepLogger", "WandbTracker", "flatten", "metric_name", "numbers",
+           "open_tracking"]
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
 BATCH = 100  # MLflow's limit on params per log_batch call
@@ -44,39 +49,19 @@ def mlflow_available() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"train": {"lr": 1e-3}}` → `{"train.lr": 1e-3}`; lists and None as JSON text."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-    return flat
-
-
-def numbers(tree: dict[str, Any], prefix: str = "", keep: Iterable[str] | None = None) -> dict[str, float]:
-    """The finite numbers of a (nested) dict as metric names → values."""
-    keep = set(keep) if keep is not None else None
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(numbers(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            if keep is None or key in keep:
-                out[name] = float(value)
-    return out
-
-
-def metric_name(name: str) -> str:
-    """MLflow allows letters, digits and `_-./ ` in names."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+def wandb_available() -> bool:
+    return importlib.util.find_spec("wandb") is not None
 
 
 class StepLogger:
-    """What a Train worker (rank 0) uses to log each optimizer step into its stage's run."""
+    """What a Train worker (rank 0) uses to log each optimizer step into its stage's run: the
+    arguments are the tracker's `step_logger_args` (MLflow: uri and run id; W&B: `backend`
+    and its settings)."""
+
+    def __new__(cls, uri: str | None = None, run_id: str = "", backend: str = "mlflow", **settings: Any):
+        if backend == "wandb":
+            return WandbStepLogger(run_id, **settings)
+        return super().__new__(cls)
 
     def __init__(self, uri: str, run_id: str):
         allow_file_store(uri)
@@ -96,10 +81,11 @@ class StepLogger:
 
 
 class NoTracking:
-    """Tracking off (MLflow not installed, `tracking.enabled: false`, or no usable store): every
+    """Tracking off (`tracking.backend: none`, auto without MLflow, or no usable store): every
     call does nothing."""
 
     enabled = False
+    name = "nothing"
 
     def __getattr__(self, _name: str):
         return lambda *args, **kwargs: None
@@ -109,6 +95,7 @@ class RunTracker:
     """The MLflow run of one `distill.py` run, and its stage runs (see the module docstring)."""
 
     enabled = True
+    name = "MLflow"
 
     def __init__(self, uri: str, experiment: str, run_name: str, state: dict[str, Any]):
         allow_file_store(uri)
@@ -186,23 +173,39 @@ class RunTracker:
             print(f"[tracking] {getattr(fn, '__name__', fn)} failed: {type(err).__name__}: {err}", flush=True)
 
 
-def open_tracking(cfg: Any, root: PathLike, state: dict[str, Any]) -> RunTracker | NoTracking:
-    """The run's tracker: MLflow where installed and `tracking.enabled` allows it, into
-    `tracking.uri` or the run folder's own file store. `state` (kept in run.json) carries the run
-    ids across reruns."""
+def open_tracking(cfg: Any, root: PathLike, state: dict[str, Any]) -> RunTracker | WandbTracker | NoTracking:
+    """The run's tracker, by `tracking.backend`: MLflow (auto: where installed) into `tracking.uri`
+    or the run folder's own file store; W&B (`advdistill.run.tracking_wandb`); or none. `state`
+    (kept in run.json) carries the run ids across reruns."""
     tc = cfg.tracking
-    if tc.enabled is False or (tc.enabled is None and not mlflow_available()):
+    backend = "none" if tc.enabled is False else tc.backend  # tracking.enabled: false, the old switch
+    if backend == "auto":
+        backend = "mlflow" if mlflow_available() else "none"
+    if backend == "none":
         return NoTracking()
+    run_name = f"{cfg.name}:{Path(str(root)).name}"
+    if backend == "wandb":
+        if not wandb_available():
+            raise RuntimeError("tracking.backend is wandb but wandb is not installed: pip install 'advdistill[wandb]'")
+        try:
+            return WandbTracker(tc.experiment, root, run_name, state)
+        except Exception as err:  # noqa: BLE001
+            print(f"[tracking] off: {type(err).__name__}: {err}", flush=True)
+            return NoTracking()
     if not mlflow_available():
-        raise RuntimeError("tracking.enabled is true but MLflow is not installed: pip install 'advdistill[tracking]'")
+        raise RuntimeError("tracking.backend is mlflow but MLflow is not installed: pip install 'advdistill[tracking]'")
     uri = tc.uri
     if uri is None:
         if is_uri(root):
             print("[tracking] off: a file store needs a local run folder; set tracking.uri to a server", flush=True)
             return NoTracking()
         uri = (Path(root).resolve() / "mlruns").as_uri()
+    if state.get("backend", "mlflow") != "mlflow":
+        state.clear()  # tracked by another backend before: new MLflow runs
     try:
-        return RunTracker(uri, tc.experiment, f"{cfg.name}:{Path(str(root)).name}", state)
+        tracker = RunTracker(uri, tc.experiment, run_name, state)
     except Exception as err:  # noqa: BLE001
         print(f"[tracking] off: {type(err).__name__}: {err}", flush=True)
         return NoTracking()
+    state["backend"] = "mlflow"
+    return tracker
