@@ -56,6 +56,11 @@ _DISARM = pytest.StashKey()
 
 def pytest_configure(config):
     if config.getoption("--fast", default=False):
+        # OpenMP threads that sleep instead of spinning while they wait (same threads, same
+        # numbers): on a busy 2-core machine torch's spinning threads made one transformers
+        # generate test take 234 s instead of 5 s. Read when torch loads, i.e. after this.
+        if "torch" not in sys.modules:
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         config.stash[_DISARM] = _arm_guard()
 
 
