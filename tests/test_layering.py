@@ -58,11 +58,8 @@ FUNCTION_LEVEL_IMPORTS = {
         "peft, only with train.lora.r (lora.py itself imports peft only when called: a candidate for module level)",
     ("advdistill.run.pipeline", "advdistill.serve.app"):
         "Ray Serve and FastAPI: loaded only when a run is served",
-    # The serving package (being split into modules, issue 25 part 1) loads its engines and the
-    # math-verify pool in the replicas that use them.
-    ("advdistill.serve", "advdistill.generation.factory"): "engines: built inside the model replicas only",
-    ("advdistill.serve", "advdistill.scoring.math_verify_pool"): "math-verify workers: started by the API replica",
-    ("advdistill.serve", "advdistill.storage"): "as written in serve/app.py; to be reviewed by its split",
+    ("advdistill.serve", "advdistill.scoring.math_verify_pool"):
+        "math-verify workers: started by the API replica (serve/app.py), not where the app is built",
 }
 
 
