@@ -180,3 +180,14 @@ def test_exact_and_regex_answers():
         for name in ("toy-exact", "toy-regex", "toy-pattern"):
             from advdistill.tasks import TASKS
             TASKS.remove(name)
+
+
+def test_the_serve_ingress_gets_the_declared_tasks_in_its_runtime_env(cfg):
+    """`build_app` gives them to the ingress replica, which builds its schemas on import."""
+    options = task_declaration.with_declared_tasks({"num_cpus": 1, "runtime_env": {"env_vars": {"TOKEN": "t"}}})
+    env = options["runtime_env"]["env_vars"]
+    assert options["num_cpus"] == 1 and env["TOKEN"] == "t"
+    assert [d["name"] for d in json.loads(env[task_declaration.ENV_VAR])] == [TASK]
+    task_declaration.forget(TASK)
+    assert task_declaration.with_declared_tasks(None) is None and task_declaration.ENV_VAR not in os.environ
+    assert TASK not in task_names()
