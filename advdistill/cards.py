@@ -75,6 +75,38 @@ def source_license(source: str, repo_type: str = "model") -> str | None:
     return _front_matter(Path(cached)).get("license") if cached else None
 
 
+def stage_config(folder: PathLike) -> ExperimentConfig:
+    """The config a stage ran with (its `config.yaml`); a task it declared is registered, its
+    import paths are not imported (a card calls no verifier)."""
+    tree = yaml.safe_load((location(folder) / "config.yaml").read_text())
+    return ExperimentConfig.model_validate(tree, context={"skip_imports": True})
+
+
+def verifier_description(cfg: ExperimentConfig) -> str:
+    """How a curation judged and rewarded the teacher's samples, in one sentence for a card."""
+    spec = get_task(cfg.curate.dataset.name)
+    how = {"custom": f"its own verifier `{spec.verifier}` (time limit {spec.verifier_time_limit_s} s)",
+           "regex": f"the pattern `{spec.pattern}`" if spec.pattern else "the reference as a pattern",
+           "exact": "exact match after normalising", "multiple_choice": "the option letter",
+           "number": "numeric equality", "math": "math-verify"}[spec.answer]
+    extra = "".join(f" + {t.weight} × `{t.fn}`" for t in cfg.reward.extra)
+    return (f"answer kind `{spec.answer}`: {how}; a response cut at the token limit is incorrect. Rewards: "
+            f"{cfg.reward.w_cos} × cosine (length-aware correctness, L_max {cfg.reward.max_len}) + {cfg.reward.w_fmt} × "
+            f"format{extra}; advantages group-relative (ε {cfg.advantage.eps}).")
+
+
+def dataset_license(cfg: ExperimentConfig, teacher: str) -> tuple[dict[str, Any], str]:
+    """(card metadata, the card's license section) of data the teacher wrote on the curation's
+    questions: this repository's license when both the questions (the built-in generator) and the
+    teacher were made here; else `other`, naming whose terms apply."""
+    ds, spec = cfg.curate.dataset, get_task(cfg.curate.dataset.name)
+    source = spec.hub_id if spec.hub_id and not ds.path else None
+    built_here = not source and not ds.path and source_license(teacher) == REPOSITORY_LICENSE
+    what = ("the source data and the teacher (both made by this repository)" if built_here else
+            f"the source data ({source or ds.path or ds.name}) and the teacher `{teacher}`, whose terms both apply")
+    return _license_fields(REPOSITORY_LICENSE if built_here else None, what)
+
+
 def _read_json(loc: PathLike) -> dict[str, Any] | None:
     return json.loads(loc.read_text()) if loc.is_file() else None
 
@@ -131,7 +163,7 @@ def model_card(train_folder: PathLike, evaluations: dict[str, dict[str, dict[str
     from huggingface_hub import EvalResult, ModelCardData
 
     folder = location(train_folder)
-    cfg = ExperimentConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
+    cfg = stage_config(folder)
     result = _read_json(folder / "result.json") or {}
     student = configured_name(result.get("student") or cfg.student)
     teacher = configured_name((curation or {}).get("teacher") or cfg.teacher)
@@ -238,17 +270,13 @@ def dataset_card(curate_folder: PathLike) -> str:
     from huggingface_hub import DatasetCardData
 
     folder = location(curate_folder)
-    cfg = ExperimentConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
+    cfg = stage_config(folder)
     summary = _read_json(folder / "summary.json") or {}
     teacher = configured_name(summary.get("teacher") or cfg.teacher)
     ds, spec = cfg.curate.dataset, get_task(cfg.curate.dataset.name)
     source = spec.hub_id if spec.hub_id and not ds.path else None
     # Outputs of the teacher on the source's questions: the source's terms bind them, the teacher's too.
-    built_here = not source and not ds.path and source_license(teacher) == REPOSITORY_LICENSE
-    license_id = REPOSITORY_LICENSE if built_here else None
-    what = "the source data and the teacher (both made by this repository)" if built_here else \
-        f"the source data ({source or ds.path or ds.name}) and the teacher `{teacher}`, whose terms both apply"
-    license_meta, license_text = _license_fields(license_id, what)
+    license_meta, license_text = dataset_license(cfg, teacher)
     configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "groups/*.parquet"}]}]
     if (folder / "dropped").is_dir() and any(p.name.endswith(".parquet") for p in (folder / "dropped").iterdir()):
         configs.append({"config_name": "dropped", "data_files": [{"split": "train", "path": "dropped/*.parquet"}]})
@@ -275,10 +303,11 @@ def dataset_card(curate_folder: PathLike) -> str:
         f"- sampling: temperature {s.temperature}, top-p {s.top_p}, {f'top-k {s.top_k}' if s.top_k > 0 else 'no top-k'}, at most {s.max_tokens} new "
         f"tokens, seed {s.seed} ({cfg.curate.engine.seeding.replace('_', ' ')} seeds), the teacher prompted with "
         f"{cfg.prompt.few_shot} worked examples\n"
-        f"- rewards: {cfg.reward.w_cos} × a cosine reward (correct: {cfg.reward.correct_start} → "
-        f"{cfg.reward.correct_end}, incorrect: {cfg.reward.wrong_start} → {cfg.reward.wrong_end} over "
-        f"{cfg.reward.max_len} tokens) + {cfg.reward.w_fmt} × the format reward; advantages with ε = "
-        f"{cfg.advantage.eps}" + (", the standard deviation with Bessel's correction" if cfg.advantage.bessel else "")
+        f"- verifier: {verifier_description(cfg)}\n"
+        f"- the cosine reward runs from {cfg.reward.correct_start} to {cfg.reward.correct_end} for a correct sample "
+        f"and from {cfg.reward.wrong_start} to {cfg.reward.wrong_end} for an incorrect one as its length goes from 0 to "
+        f"{cfg.reward.max_len} tokens; advantages are (reward − group mean) / (group std + ε)"
+        + (", the std with Bessel's correction" if cfg.advantage.bessel else "")
         + f"\n- {counts}",
         "## Columns", "\n".join(f"- `{name}`: {text}" for name, text in COLUMNS),
         "## Load", "```python\nfrom datasets import load_dataset\n\ngroups = load_dataset(\"PATH_OR_REPO\", "

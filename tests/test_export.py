@@ -93,6 +93,9 @@ def test_the_dataset_card_states_teacher_sampling_verifier_and_counts(exported, 
     card = (out / "preference" / "README.md").read_text()
     front = card.split("---")[1]
     assert "path: train.parquet" in front and "split: train" in front
+    # The license the Hub reads, from the card module the run's own cards use (advdistill.cards): the
+    # embedded teacher on the built-in generator's questions is this repository's work.
+    assert "license: apache-2.0" in front
     s = tiny_cfg.curate.sampling
     for needle in (f"**Teacher**: `{tiny_cfg.teacher}`, {s.n} samples per prompt, temperature {s.temperature}",
                    "answer kind `number`: numeric equality", f"{counts['preference']['rows']} rows from",

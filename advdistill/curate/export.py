@@ -31,8 +31,8 @@ from typing import Any, Iterable, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
+from advdistill.cards import configured_name, dataset_license, stage_config, verifier_description
 from advdistill.config import ExperimentConfig
 from advdistill.curate.store import CurateOutput, read_shards
 from advdistill.prompts import build_messages
@@ -47,10 +47,8 @@ _GROUP_COLUMNS = ["id", "question", "reference", "choices", "task", "responses",
 
 
 def curation_config(curate_folder: Path) -> ExperimentConfig:
-    """The config curation ran with (`config.yaml` beside the groups); a task it declared is
-    registered, its import paths are not imported (exporting calls no verifier)."""
-    tree = yaml.safe_load((curate_folder / "config.yaml").read_text())
-    return ExperimentConfig.model_validate(tree, context={"skip_imports": True})
+    """The config curation ran with (`config.yaml` beside the groups; `advdistill.cards`)."""
+    return stage_config(curate_folder)
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -119,24 +117,14 @@ def _summary(store: CurateOutput) -> dict[str, Any]:
     return json.loads(store.summary.read_text()) if store.summary.is_file() else {}
 
 
-def _verifier(cfg: ExperimentConfig) -> str:
-    spec = get_task(cfg.curate.dataset.name)
-    how = {"custom": f"its own verifier `{spec.verifier}` (time limit {spec.verifier_time_limit_s} s)",
-           "regex": f"the pattern `{spec.pattern}`" if spec.pattern else "the reference as a pattern",
-           "exact": "exact match after normalising", "multiple_choice": "the option letter",
-           "number": "numeric equality", "math": "math-verify"}[spec.answer]
-    extra = "".join(f" + {t.weight} × `{t.fn}`" for t in cfg.reward.extra)
-    return (f"answer kind `{spec.answer}`: {how}; a response cut at the token limit is incorrect. Rewards: "
-            f"{cfg.reward.w_cos} × cosine (length-aware correctness, L_max {cfg.reward.max_len}) + {cfg.reward.w_fmt} × "
-            f"format{extra}; advantages group-relative (ε {cfg.advantage.eps}).")
-
-
 def card(cfg: ExperimentConfig, store: CurateOutput, fmt: str, counts: dict[str, Any], sft_responses: str,
          max_pairs: int | None, source: Path) -> str:
     from huggingface_hub import DatasetCardData  # the Hub's own card metadata schema
 
+    license_meta, license_text = dataset_license(cfg, configured_name(_summary(store).get("teacher") or cfg.teacher))
     data = DatasetCardData(tags=["advdistill", "trl", fmt, "distillation"],
-                           configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}])
+                           configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}],
+                           **license_meta)
     summary, s = _summary(store), cfg.curate.sampling
     rule = {"sft": "each kept group's correct response with the highest reward (first on a tie)" if sft_responses == "best"
             else "every correct response of each kept group",
@@ -157,14 +145,14 @@ def card(cfg: ExperimentConfig, store: CurateOutput, fmt: str, counts: dict[str,
         f"- **Prompts**: `{cfg.curate.dataset.name}` split `{cfg.curate.dataset.split}`"
         f"{f' (first {cfg.curate.dataset.limit})' if cfg.curate.dataset.limit else ''}; the student's prompt is the "
         "system prompt and the question, zero-shot.",
-        f"- **Verifier**: {_verifier(cfg)}",
+        f"- **Verifier**: {verifier_description(cfg)}",
         f"- **Rows**: {rule}. Columns: {columns}.",
         f"- **Counts**: {counts['rows']} rows from {counts['groups_used']} of {counts['groups_kept']} kept groups"
         + (f"; curation read {summary['prompts_read']} prompts, kept {summary['kept']}, dropped {summary['dropped']} "
            f"(no correct sample), per-sample accuracy {summary['per_sample_accuracy']:.3f}" if summary else "") + ".",
         "", "```python", "from datasets import load_dataset",
         f'dataset = load_dataset("path/to/this/folder", split="train")  # or load_dataset("parquet", data_files=".../{DATA_FILE}")',
-        "```", ""]
+        "```", "", "## License", "", license_text, ""]
     return "\n".join(lines)
 
 
