@@ -116,7 +116,7 @@ def _license_fields(license_id: str | None, what: str) -> tuple[dict[str, Any], 
     if license_id:
         return {"license": license_id}, f"`{license_id}`, the license of {what}."
     return ({"license": "other", "license_name": "unknown", "license_link": "LICENSE"},
-            f"Not found: {what} states none this run could read. Set `license` in the metadata above "
+            f"Unknown: this run found no license stated for {what}. Set `license` in the metadata above "
             f"(and add the LICENSE file it links) before publishing.")
 
 
