@@ -40,15 +40,15 @@ comma := ,
 demo: $(VENV)/.installed-cpu+tracking
 	$(PY) ray_jobs/distill.py $(ARGS)
 
-test: $(VENV)/.installed-cpu+tracking+lora+test+wandb
+test: $(VENV)/.installed-cpu+tracking+lora+test+wandb+eval
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fast tier (~1.5 min on 2 cores): every test that starts no Ray, Serve, vLLM engine or process
 # (markers set in tests/tiers.py); starting one of them there fails the test. `make test` runs all.
-test-fast: $(VENV)/.installed-cpu+tracking+lora+test+wandb
+test-fast: $(VENV)/.installed-cpu+tracking+lora+test+wandb+eval
 	$(PY) -m pytest --fast $(PYTEST_ARGS)
 
-venv: $(VENV)/.installed-cpu+tracking+lora+test+wandb
+venv: $(VENV)/.installed-cpu+tracking+lora+test+wandb+eval
 
 clean-venv:
 	rm -rf $(VENV)

@@ -35,6 +35,7 @@ from advdistill.serve.job_runner import JobRunner
 from advdistill.serve.jobs import JobStore
 from advdistill.serve.planning import Plan, load_failure
 from advdistill.serve.schemas import DatasetRef, EvaluateRequest, EvaluateResponse
+from advdistill.serve.routes.dependencies import current_service
 from advdistill.serve.service import EvaluationService
 
 from conftest import REPO
@@ -264,26 +265,117 @@ def test_bad_requests_get_clear_errors(plain, body, status, needle):
     assert needle in response.text
 
 
-@pytest.mark.parametrize("path, body, status, needle", [
-    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "logprobs": 5}, 422, "logprobs"),
-    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "echo": True}, 422, "echo"),
-    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "n": 2, "temperature": 0}, 422, "greedy"),
-    ("/v1/completions", {"model": "tiny-student", "prompt": "x", "max_tokens": 513}, 413, "max_tokens"),
-    ("/v1/completions", {"model": "tiny-student", "prompt": ["x"] * 64, "n": 16, "temperature": 1}, 413,
+USER = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize("path, body, status, param, needle", [
+    ("/v1/completions", {"prompt": "x", "n": 2, "temperature": 0}, 422, "n", "greedy"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 513}, 413, None, "max_tokens"),
+    ("/v1/completions", {"prompt": ["x"] * 64, "n": 16, "temperature": 1}, 413, None,
      "64 prompts x n=16 exceed the limit of 1000"),
-    ("/v1/completions", {"model": "tiny-student", "prompt": "word " * 3000}, 422, "too long"),
-    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "unknown model"),
-    ("/v1/chat/completions", {"model": "tiny-student", "messages": []}, 422, "messages"),
-    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "tool", "content": "x"}]}, 422, "role"),
-    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "user", "content": "x"}],
-                              "temperature": float("nan")}, 422, "temperature"),
-    ("/v1/chat/completions", {"model": "tiny-student", "messages": [{"role": "user", "content": "word " * 3000}]},
-     422, "too long"),
+    ("/v1/completions", {"prompt": "word " * 3000}, 422, "prompt[0]", "too long"),
+    ("/v1/completions", {"prompt": [[1, 2], [3, 10**6]]}, 422, "prompt[1]", "not in the model's vocabulary"),
+    ("/v1/completions", {"prompt": [1] * 1500}, 422, "prompt[0]", "too long"),
+    ("/v1/completions", {"prompt": [1, "x"]}, 422, "prompt", "valid"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 21}, 422, "logprobs", "20"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 1, "stream": True}, 422, "logprobs", "stream"),
+    ("/v1/completions", {"prompt": "x", "echo": True, "stream": True}, 422, "echo", "stream"),
+    ("/v1/completions", {"prompt": "x", "stop": ["s"] * 65}, 422, "stop", "at most 64"),
+    ("/v1/completions", {"prompt": "x", "suffix": "after"}, 422, "suffix", ""),
+    ("/v1/completions", {"prompt": "x", "best_of": 2}, 422, "best_of", ""),
+    ("/v1/completions", {"prompt": "x", "presence_penalty": 0.5}, 422, "presence_penalty", ""),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 5}}, 422, "logit_bias", ""),
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, None, "unknown model"),
+    ("/v1/chat/completions", {"messages": []}, 422, "messages", "at least 1"),
+    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 422, "messages[0].role", "developer"),
+    ("/v1/chat/completions", {"messages": USER, "temperature": float("nan")}, 422, "temperature", "finite"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 3000}]}, 422, "messages",
+     "too long"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
+        "url": "https://example.com/a.png"}}]}]}, 422, "messages[0].content", "text"),
+    ("/v1/chat/completions", {"messages": USER, "response_format": {"type": "json_object"}}, 422,
+     "response_format.type", "text"),
+    ("/v1/chat/completions", {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 422,
+     "tools", ""),
+    ("/v1/chat/completions", {"messages": USER, "top_logprobs": 2}, 422, None, "needs logprobs"),
+    ("/v1/chat/completions", {"messages": USER, "logprobs": True, "stream": True}, 422, "logprobs", "stream"),
+    ("/v1/chat/completions", {"messages": USER, "frobnicate": 1}, 422, "frobnicate", "Extra inputs"),
 ])
-def test_openai_routes_refuse_what_they_cannot_honour(plain, path, body, status, needle):
-    response = post(plain, raw=json.dumps(body).encode(), headers=None, path=path)
-    assert response.status_code == status, response.text
-    assert needle in response.text
+def test_openai_routes_refuse_what_they_cannot_honour_in_openais_error_shape(plain, path, body, status, param, needle):
+    """Our limits and what this server cannot compute stay refusals (4xx), each answered as OpenAI
+    answers: {"error": {message, type, param, code}}, the field at fault in `param`."""
+    response = post(plain, raw=json.dumps({"model": MODEL, **body}).encode(), headers=None, path=path)
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param and needle in error["message"], error
+    assert len(response.content) < 4000
+
+
+def test_openai_error_shape_on_every_v1_answer(abuse, plain):
+    """401 and 413 from the guard (before the body is read), 404 for an unknown route or model,
+    405: OpenAI's shape under /v1, FastAPI's {"detail"} elsewhere, statuses unchanged."""
+    unauthorized = abuse.get("/v1/models")
+    assert unauthorized.status_code == 401 and unauthorized.headers["www-authenticate"] == "Bearer"
+    assert unauthorized.json()["error"]["type"] == "authentication_error"
+    assert unauthorized.json()["error"]["code"] == "invalid_api_key"
+    too_big = post(abuse, raw=b"x" * (2**20 + 1), path="/v1/completions")
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "limit_exceeded"
+    assert post(abuse, raw=b"x" * (2**20 + 1)).json()["detail"]  # /evaluate keeps FastAPI's shape
+    no_route = plain.get("/v1/embeddings")
+    assert no_route.status_code == 404 and no_route.json()["error"]["code"] == "not_found"
+    wrong_method = plain.get("/v1/completions")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    malformed = post(plain, raw=b'{"model": ', headers=None, path="/v1/completions")
+    assert malformed.status_code == 422 and malformed.json()["error"]["code"] == "json_invalid"
+
+
+def test_models_retrieve(plain):
+    """`client.models.retrieve(id)`: a served model, else 404 `model_not_found`."""
+    assert plain.get(f"/v1/models/{MODEL}").json() == {"id": MODEL, "object": "model", "created": ANY_INT,
+                                                       "owned_by": "advdistill"}
+    missing = plain.get("/v1/models/no-such-model")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert plain.get("/v1/models/../etc").status_code == 404
+
+
+class _AnyInt:
+    def __eq__(self, other):
+        return isinstance(other, int)
+
+
+ANY_INT = _AnyInt()
+
+
+def test_what_openai_clients_send_is_planned_as_they_mean_it(plain, tokenizers):
+    """The bodies lm-eval and the OpenAI SDK send, planned without a replica: token-id prompts go to
+    the engine as ids (counted as given), echo + logprobs asks the prompt's log-probs, 6 stop
+    strings stay 6, content parts are joined and `developer` is the system turn."""
+    from advdistill.serve.openai_compat import ChatCompletionRequest, CompletionRequest
+
+    planner = plain.app.dependency_overrides[current_service]().planner
+    ids = tokenizers[MODEL]("2 + 3 =")["input_ids"]
+    stops = ["Question:", "</s>", "<|im_end|>", "\n\n", "Q:", "<|endoftext|>"]
+    generate = CompletionRequest(model=MODEL, prompt=[ids, ids[:2]], max_tokens=8, temperature=0, stop=stops, seed=1234)
+    plan = asyncio.run(planner.completion(generate))
+    assert plan.prompts == [ids, ids[:2]] and plan.prompt_tokens == [len(ids), 2]
+    assert plan.params["stop"] == stops and plan.params["logprobs"] is None and plan.echoed is None
+    score = CompletionRequest(model=MODEL, prompt=[ids], max_tokens=1, temperature=0, logprobs=1, echo=True, seed=1234)
+    plan = asyncio.run(planner.completion(score))
+    assert plan.params["logprobs"] == 1 and plan.params["prompt_logprobs"] == 1
+    assert plan.echoed == [tokenizers[MODEL].decode(ids)] == ["2 + 3 ="]
+    harmless = CompletionRequest(model=MODEL, prompt="x", suffix=None, logprobs=False, top_k=5, best_of=1)
+    assert asyncio.run(planner.completion(harmless)).params | {"logprobs": None, "top_k": 5} == \
+        asyncio.run(planner.completion(harmless)).params
+    chat = ChatCompletionRequest(model=MODEL, messages=[
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "2 + 3"}, {"type": "text", "text": "= ?"}]}],
+        response_format={"type": "text"}, logprobs=True, top_logprobs=3, tool_choice="none")
+    plan = asyncio.run(planner.chat(chat))
+    plain_chat = ChatCompletionRequest(model=MODEL, messages=[{"role": "system", "content": "Be brief."},
+                                                              {"role": "user", "content": "2 + 3\n= ?"}])
+    assert plan.prompts == asyncio.run(planner.chat(plain_chat)).prompts
+    assert plan.params["logprobs"] == 3 and plan.params["prompt_logprobs"] is None
 
 
 def test_openapi_documents_the_status_codes_and_the_one_of_rule(abuse):

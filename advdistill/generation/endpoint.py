@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from advdistill.config import EndpointConfig, EngineConfig
-from advdistill.generation.base import Completion, Delta, GenerationParams
+from advdistill.generation.base import Completion, Delta, GenerationParams, Prompt, Unsupported
 from advdistill.prompts import end_of_turn_token_ids
 from advdistill.schema import ENDED, TRUNCATED
 from advdistill.storage import local_model
@@ -84,7 +84,7 @@ class OpenAIEngine:
 
     # -- one request ------------------------------------------------------------------------
 
-    def _request(self, prompt: str, n: int, params: GenerationParams, seed: int | None) -> tuple[list[CompletionChoice], dict[str, int]]:
+    def _request(self, prompt: Prompt, n: int, params: GenerationParams, seed: int | None) -> tuple[list[CompletionChoice], dict[str, int]]:
         """The choices of one completions request, in index order, and its `usage` (requests sent,
         the client's retries included; prompt and completion tokens as the server counted them)."""
         import openai  # the openai client: loaded only when an endpoint teacher is used
@@ -129,7 +129,7 @@ class OpenAIEngine:
         tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + (1 if stopped else 0)
         return Completion(text, tokens, ENDED if stopped else TRUNCATED)
 
-    def _prompt(self, prompt: str, params: GenerationParams, seed: int | None) -> tuple[list[Completion], dict[str, int]]:
+    def _prompt(self, prompt: Prompt, params: GenerationParams, seed: int | None) -> tuple[list[Completion], dict[str, int]]:
         """One prompt's completions and its usage (summed over its requests)."""
         if self.cfg.samples_per_request == "n" or params.n == 1:
             choices, usage = self._request(prompt, params.n, params, seed)
@@ -144,19 +144,28 @@ class OpenAIEngine:
 
     # -- the Engine interface -------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         return self.generate_metered(prompts, params, seeds)[0]
 
-    def generate_metered(self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+    @staticmethod
+    def _check_supported(params: GenerationParams) -> None:
+        # Token-id prompts pass through (the completions API takes them); log-probs would need the
+        # server's own format and prompt log-probs a vLLM extension: not asked of an endpoint.
+        if params.logprobs is not None or params.prompt_logprobs is not None:
+            raise Unsupported("log-probs are not supported by the endpoint engine (backend: openai)")
+
+    def generate_metered(self, prompts: Sequence[Prompt], params: GenerationParams, seeds: Sequence[int] | None = None
                          ) -> tuple[list[list[Completion]], list[dict[str, int]]]:
         """`generate`, and per prompt its usage: {"requests", "prompt_tokens", "completion_tokens"}."""
+        self._check_supported(params)
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("one seed per prompt")
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         answers = list(self.pool.map(lambda args: self._prompt(*args), zip(prompts, [params] * len(prompts), seeds)))
         return [completions for completions, _ in answers], [usage for _, usage in answers]
 
-    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
+    def stream(self, prompt: Prompt, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
+        self._check_supported(params)
         for index, c in enumerate(self._prompt(prompt, params, seed)[0]):
             yield Delta(index, c.text, c.num_tokens, c.finish_reason)
 

@@ -9,17 +9,19 @@ server, is `endpoint.OpenAIEngine`; the shared types are in `base`, the choice i
 
 Both stop at the end of the model's turn — the chat template's end-of-turn token as well as the
 tokenizer's EOS (`advdistill.prompts.end_of_turn_token_ids`) — and follow `base.Engine`; `close`
-frees the engine (Serve unloads on-demand checkpoints with it).
+frees the engine (Serve unloads on-demand checkpoints with it). Prompts are text or token ids;
+log-probs come from vLLM's `logprobs`/`prompt_logprobs`, and in the transformers engine from one
+forward pass over the prompt and what was generated.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from advdistill.config import EngineConfig
-from advdistill.generation.base import Completion, Delta, GenerationParams, gpu_available
+from advdistill.generation.base import Completion, Delta, GenerationParams, Prompt, TokenLogprob, gpu_available
 from advdistill.generation.step_loop import StepLoop
 from advdistill.generation.vllm_api import check_vllm_api
 from advdistill.prompts import end_of_turn_token_ids
@@ -43,6 +45,11 @@ def configure_vllm_cpu_env() -> None:
     NUMA-based memory check fails otherwise) and the in-process engine (starts in 2 s, not 30)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def vllm_prompt(prompt: Prompt) -> Any:
+    """Text as it is; token ids as vLLM's `TokensPrompt` (read as given, no tokenizer)."""
+    return prompt if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
 
 
 class VLLMEngine:
@@ -101,31 +108,54 @@ class VLLMEngine:
             stop_token_ids=[] if params.ignore_eos else self.stop_token_ids,
             stop=list(params.stop) or None,
             seed=None if seed is None else int(seed),
+            logprobs=params.logprobs,
+            prompt_logprobs=params.prompt_logprobs,
         )
 
+    def _token_logprobs(self, token_ids: Sequence[int], entries: Sequence[Mapping[int, Any] | None] | None,
+                        top: int | None) -> tuple[TokenLogprob, ...] | None:
+        """vLLM's per-position {token id: Logprob} (the chosen token and the `top` best) as ours."""
+        if entries is None or top is None:
+            return None
+        out = []
+        for token_id, entry in zip(token_ids, entries):
+            if entry is None:  # a prompt's first token
+                out.append(TokenLogprob(token_id, self._text(token_id), None))
+                continue
+            best = sorted((lp.rank, tid, lp) for tid, lp in entry.items() if lp.rank is not None and lp.rank <= top)
+            out.append(TokenLogprob(token_id, self._text(token_id, entry[token_id]), entry[token_id].logprob,
+                                    tuple((tid, self._text(tid, lp), lp.logprob) for _, tid, lp in best)))
+        return tuple(out)
+
+    def _text(self, token_id: int, logprob: Any = None) -> str:
+        decoded = getattr(logprob, "decoded_token", None)
+        return decoded if decoded is not None else self.tokenizer.decode([token_id])
+
+    def _completion(self, output: Any, o: Any, params: GenerationParams) -> Completion:
+        return Completion(o.text, len(o.token_ids), TRUNCATED if o.finish_reason == "length" else ENDED,
+                          logprobs=self._token_logprobs(o.token_ids, o.logprobs, params.logprobs),
+                          prompt_logprobs=self._token_logprobs(output.prompt_token_ids, output.prompt_logprobs,
+                                                               params.prompt_logprobs))
+
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[Prompt], params: GenerationParams, seeds: Sequence[int] | None = None
     ) -> list[list[Completion]]:
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("one seed per prompt")
         sampling = [self._sampling(params, None if seeds is None else seeds[i]) for i in range(len(prompts))]
+        inputs = [vllm_prompt(p) for p in prompts]
         if self.step_loop is not None:
-            outputs = self.step_loop.generate(list(prompts), sampling)
+            outputs = self.step_loop.generate(inputs, sampling)
         else:
-            outputs = self.llm.generate(list(prompts), sampling, use_tqdm=False)
-        return [
-            [
-                Completion(o.text, len(o.token_ids), TRUNCATED if o.finish_reason == "length" else ENDED)
-                for o in sorted(out.outputs, key=lambda o: o.index)
-            ]
-            for out in outputs
-        ]
+            outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
+        return [[self._completion(out, o, params) for o in sorted(out.outputs, key=lambda o: o.index)]
+                for out in outputs]
 
-    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
+    def stream(self, prompt: Prompt, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
         """Each choice's new text as the engine steps (through the step loop, beside other calls)."""
         # A blocking engine streams through a loop of its own.
         loop = self.step_loop or StepLoop(self.llm, self.stall_timeout_s)
-        outputs = loop.stream(prompt, self._sampling(params, seed))
+        outputs = loop.stream(vllm_prompt(prompt), self._sampling(params, seed))
         try:
             for output in outputs:
                 for o in output.outputs:
@@ -175,10 +205,42 @@ class HFEngine:
         ids = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
         return ids | set(end_of_turn_token_ids(self.tokenizer))
 
-    def _run(self, prompts: Sequence[str], params: GenerationParams, seed: int | None) -> list[list[Completion]]:
+    def _ids(self, prompt: Prompt) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
+
+    def _scored(self, prompt_ids: list[int], generated: list[int], params: GenerationParams
+                ) -> tuple[tuple[TokenLogprob, ...] | None, tuple[TokenLogprob, ...] | None]:
+        """The prompt's and the generated tokens' log-probs (with `top` alternatives each), from one
+        forward pass over both: the model's own distribution, before temperature, as vLLM's."""
         import torch
 
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        ids = prompt_ids + generated
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+
+        def at(position: int, top: int) -> TokenLogprob:
+            token = ids[position]
+            text = self.tokenizer.decode([token])
+            if position == 0:
+                return TokenLogprob(token, text, None)
+            row = logprobs[position - 1]
+            best = torch.topk(row, top) if top > 0 else None
+            alternatives = () if best is None else tuple(
+                (int(t), self.tokenizer.decode([int(t)]), float(v)) for v, t in zip(best.values, best.indices))
+            return TokenLogprob(token, text, float(row[token]), alternatives)
+
+        prompt = None if params.prompt_logprobs is None else tuple(at(i, params.prompt_logprobs)
+                                                                  for i in range(len(prompt_ids)))
+        new = None if params.logprobs is None else tuple(at(i, params.logprobs)
+                                                         for i in range(len(prompt_ids), len(ids)))
+        return prompt, new
+
+    def _run(self, prompts: Sequence[Prompt], params: GenerationParams, seed: int | None) -> list[list[Completion]]:
+        import torch
+
+        prompt_ids = [self._ids(p) for p in prompts]
+        enc = self.tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(self.device)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_tokens,
             num_return_sequences=params.n,
@@ -208,11 +270,14 @@ class HFEngine:
             if cut >= 0:  # a stop string ends the text (after the fact: transformers decodes on)
                 text, finish = text[:cut], ENDED
                 kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            completions.append(Completion(text, len(kept), finish))
+            scored = (None, None)
+            if params.logprobs is not None or params.prompt_logprobs is not None:
+                scored = self._scored(prompt_ids[len(completions) // params.n], kept, params)
+            completions.append(Completion(text, len(kept), finish, logprobs=scored[1], prompt_logprobs=scored[0]))
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[Prompt], params: GenerationParams, seeds: Sequence[int] | None = None
     ) -> list[list[Completion]]:
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("one seed per prompt")
@@ -223,7 +288,7 @@ class HFEngine:
             return results
         return [self._run([p], params, None if seeds is None else int(seeds[i]))[0] for i, p in enumerate(prompts)]
 
-    def stream(self, prompt: str, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
+    def stream(self, prompt: Prompt, params: GenerationParams, seed: int | None = None) -> Iterator[Delta]:
         """transformers generates the whole completion first: each choice arrives as one delta."""
         [choices] = self.generate([prompt], params, None if seed is None else [seed])
         for index, c in enumerate(choices):

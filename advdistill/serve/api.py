@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from advdistill.serve.error_handlers import add_error_handlers
 from advdistill.serve.guard import RequestGuard
+from advdistill.serve.openai_errors import OpenAIErrors
 from advdistill.serve.routes import evaluations, models, openai
 from advdistill.serve.routes.dependencies import current_service
 from advdistill.serve.service import EvaluationService
@@ -25,6 +26,7 @@ def make_api(service: Callable[[], EvaluationService] = current_service) -> Fast
     )
     add_error_handlers(api)
     api.add_middleware(RequestGuard, settings=lambda: service().guard_settings())
+    api.add_middleware(OpenAIErrors)  # outermost: the guard's /v1 refusals in OpenAI's shape too
     for routes in (models, evaluations, openai):
         api.include_router(routes.router)
     if service is not current_service:

@@ -21,7 +21,8 @@ Where each part lives (advdistill/serve/):
   `planning` (every check before generation, raising `errors`), `execution` (chunks on the
   replicas, one retry loop for a replica that dies, scoring), `job_runner` (background jobs on
   `jobs` files, adopted when their replica stops);
-- `schemas` and `openai_compat`: request and answer schemas; `paths`: containment rules.
+- `schemas`, `openai_compat` and `openai_answers`: request and answer schemas (`openai_errors`: /v1
+  errors in OpenAI's shape); `paths`: containment rules.
 
 Input discipline, in this order (every bad request is a 4xx, never a 500):
 - 401 before anything is read: with the env var named by `serve.token_env` set, a request without

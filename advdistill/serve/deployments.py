@@ -41,15 +41,15 @@ class Generating:
         """{"rows": generated rows} or {"error": why, "client": whether the request is at fault}."""
         return await self._batched((records, params, few_shot))
 
-    async def complete(self, prompts: list[str], params: dict[str, Any], seed: int | None) -> list[list[dict[str, Any]]]:
-        """Each prompt's choices as {text, num_tokens, finish_reason} (the prompts as given)."""
-        engine = await self._engine()
-        outputs = await asyncio.to_thread(engine.generate, prompts, GenerationParams(**params),
-                                          None if seed is None else [seed] * len(prompts))
-        return [[{"text": c.text, "num_tokens": c.num_tokens, "finish_reason": c.finish_reason} for c in choices]
-                for choices in outputs]
+    async def complete(self, prompts: list[str | list[int]], params: dict[str, Any], seed: int | None
+                       ) -> list[list[dict[str, Any]]]:
+        """Each prompt's choices as {text, num_tokens, finish_reason, logprobs, prompt_logprobs} (the
+        prompts as given: text or token ids; log-probs as `TokenLogprob`s where asked, else None)."""
+        async with self._using() as engine:
+            return await engine.complete(prompts, params, seed)
 
-    async def stream(self, prompt: str, params: dict[str, Any], seed: int | None):
+
+    async def stream(self, prompt: str | list[int], params: dict[str, Any], seed: int | None):
         """The prompt's choices as they are generated: {index, text, num_tokens, finish_reason}."""
         engine = await self._engine()
         deltas = engine.stream(prompt, GenerationParams(**params), seed)

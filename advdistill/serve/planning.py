@@ -22,7 +22,7 @@ from advdistill.generation.rows import fit_context, prompt_tokens, too_long_reas
 from advdistill.prompts import exemplars_for, render_prompt
 from advdistill.serve.catalog import Catalog, OffLoop, Served
 from advdistill.serve.errors import ApiError, Invalid, NotFound, Timeout, TooLarge, UpstreamFailed
-from advdistill.serve.openai_compat import ChatCompletionRequest, CompletionRequest
+from advdistill.serve.openai_compat import OPENAI_DEFAULT_MAX_TOKENS, ChatCompletionRequest, CompletionRequest
 from advdistill.serve.paths import is_file, requested_path
 from advdistill.serve.schemas import DatasetRef, EvaluateRequest, Item, excerpt, issue
 from advdistill.tasks import BadRow, get_task
@@ -46,12 +46,14 @@ class Plan:
 
 @dataclass(frozen=True)
 class CompletionPlan:
-    """A checked /v1 request: the prompts as the model reads them, with their token counts."""
+    """A checked /v1 request: the prompts as the model reads them (text or token ids), with their
+    token counts, and with `echo` each prompt as text."""
 
     served: Served
-    prompts: list[str]
+    prompts: list[str | list[int]]
     params: dict[str, Any]  # GenerationParams' fields
     prompt_tokens: list[int]
+    echoed: list[str] | None = None
 
 
 # ------------------------------------------------------------------------------ limits (413)
@@ -170,18 +172,43 @@ def check_fit(records: list[Record], fitting: list[Record], too_long: list[Recor
 
 def check_prompt_lengths(counts: list[int], max_tokens: int, max_model_len: int, field: str) -> None:
     """/v1: a prompt that leaves no room for max_tokens is a 422 naming it."""
-    over = [issue(["body", field] + ([i] if field == "prompt" else []), too_long_reason(n, max_model_len, max_tokens))
+    over = [issue(["body", field] + ([i] if field == "prompt" else []), too_long_reason(n, max_model_len, max_tokens),
+                  "context_length_exceeded")
             for i, n in enumerate(counts) if n + max_tokens > max_model_len]
     if over:
         raise Invalid(over)
 
 
+def check_token_ids(prompts: list[str | list[int]], vocab_size: int) -> None:
+    """/v1/completions: a token-id prompt holds only the model's token ids (422 naming it)."""
+    bad = [(i, next(t for t in p if t >= vocab_size)) for i, p in enumerate(prompts)
+           if not isinstance(p, str) and max(p) >= vocab_size]
+    if bad:
+        raise Invalid([issue(["body", "prompt", i], f"token id {token} is not in the model's vocabulary of "
+                                                    f"{vocab_size}") for i, token in bad])
+
+
+def count_tokens(tokenizer: Any, prompts: list[str | list[int]]) -> list[int]:
+    """Each prompt's tokens: text through the tokenizer (`rows.prompt_tokens`), ids as given."""
+    texts = iter(prompt_tokens(tokenizer, [p for p in prompts if isinstance(p, str)]))
+    return [next(texts) if isinstance(p, str) else len(p) for p in prompts]
+
+
+def as_text(tokenizer: Any, prompts: list[str | list[int]]) -> list[str]:
+    """`echo`: each prompt as text (token ids decoded as the model's tokenizer reads them)."""
+    return [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
+
+
 def openai_params(body: CompletionRequest | ChatCompletionRequest, max_tokens: int, prompts: int,
-                  limits: ServeConfig) -> dict[str, Any]:
+                  limits: ServeConfig, logprobs: int | None = None, prompt_logprobs: int | None = None
+                  ) -> dict[str, Any]:
     check_max_tokens(max_tokens, limits)
     check_count(prompts * body.n, f"{prompts} prompts x n={body.n} exceed", limits)
-    params = {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens,
-              "stop": list(body.stop or [])}
+    if body.stream and (logprobs is not None or getattr(body, "echo", False)):
+        field = "logprobs" if logprobs is not None else "echo"
+        raise Invalid([issue(["body", field], f"{field} is not supported with stream: true (ask without stream)")])
+    params = {"n": body.n, **body.sampling, "max_tokens": max_tokens, "stop": list(body.stop or []),
+              "logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
     try:
         GenerationParams(**params)
     except ValueError as err:
@@ -235,23 +262,32 @@ class Planner:
     async def completion(self, body: CompletionRequest) -> CompletionPlan:
         """/v1/completions: the prompts as given (no chat template)."""
         served = await self.catalog.resolve(body.model)
-        params = openai_params(body, body.max_tokens, len(body.prompt), self.cfg.serve)
-        return await self._counted(served, body.prompt, params, "prompt")
+        # echo with logprobs: the prompt's tokens' log-probs too (lm-eval's loglikelihood requests).
+        params = openai_params(body, body.max_tokens or OPENAI_DEFAULT_MAX_TOKENS, len(body.prompt), self.cfg.serve,
+                               logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None)
+        plan = await self._counted(served, body.prompt, params, "prompt")
+        if not body.echo:
+            return plan
+        echoed = body.prompt if served.tokenizer is None else await self.off_loop(as_text, served.tokenizer, body.prompt)
+        return CompletionPlan(served, plan.prompts, params, plan.prompt_tokens, echoed)
 
     async def chat(self, body: ChatCompletionRequest) -> CompletionPlan:
         """/v1/chat/completions: the messages rendered with the model's own chat template."""
         served = await self.catalog.resolve(body.model)
         max_tokens = body.max_completion_tokens or body.max_tokens or self.cfg.eval.max_tokens
-        params = openai_params(body, max_tokens, 1, self.cfg.serve)
+        params = openai_params(body, max_tokens, 1, self.cfg.serve,
+                               logprobs=(body.top_logprobs or 0) if body.logprobs else None)
         # The same rendering as every other prompt of the project (`prompts.render_prompt`: the
         # model's chat template, or a plain transcript for a tokenizer without one).
         messages = [m.model_dump(exclude={"name"}) for m in body.messages]
         prompt = await self.off_loop(render_prompt, served.tokenizer, messages)
         return await self._counted(served, [prompt], params, "messages")
 
-    async def _counted(self, served: Served, prompts: list[str], params: dict[str, Any], field: str) -> CompletionPlan:
+    async def _counted(self, served: Served, prompts: list[str | list[int]], params: dict[str, Any], field: str
+                       ) -> CompletionPlan:
         if served.tokenizer is None:
             return CompletionPlan(served, prompts, params, [0] * len(prompts))
-        counts = await self.off_loop(prompt_tokens, served.tokenizer, prompts)
+        check_token_ids(prompts, len(served.tokenizer))
+        counts = await self.off_loop(count_tokens, served.tokenizer, prompts)
         check_prompt_lengths(counts, params["max_tokens"], self.cfg.eval.engine.max_model_len, field)
         return CompletionPlan(served, prompts, params, counts)

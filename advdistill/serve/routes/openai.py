@@ -1,7 +1,8 @@
-"""The OpenAI-compatible routes (schemas and answer builders: `serve.openai_compat`): GET
-/v1/models, POST /v1/completions (prompts as given) and POST /v1/chat/completions (messages
-rendered with the model's chat template), each answering JSON or, with `stream: true`,
-server-sent events as OpenAI streams them."""
+"""The OpenAI-compatible routes (request schemas: `serve.openai_compat`, answers:
+`serve.openai_answers`): GET /v1/models and /v1/models/{id}, POST /v1/completions (prompts as
+given: text or token ids) and POST /v1/chat/completions (messages rendered with the model's chat
+template), each answering JSON or, with `stream: true`, server-sent events as OpenAI streams
+them. Their errors answer in OpenAI's shape (`serve.openai_errors`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from advdistill.serve.execution import complete
-from advdistill.serve.openai_compat import (
+from advdistill.serve.openai_answers import (
     STREAMED_CHAT_COMPLETION,
     STREAMED_COMPLETION,
     ChatCompletion,
-    ChatCompletionRequest,
     Completion,
-    CompletionRequest,
     OpenAIModel,
     OpenAIModelList,
     chat_chunk,
@@ -28,6 +27,7 @@ from advdistill.serve.openai_compat import (
     sse,
     usage_chunk,
 )
+from advdistill.serve.openai_compat import ChatCompletionRequest, CompletionRequest
 from advdistill.serve.planning import CompletionPlan
 from advdistill.serve.routes.dependencies import Service, authorized
 from advdistill.serve.schemas import AUTH_RESPONSES, ERROR_RESPONSES, excerpt
@@ -41,6 +41,13 @@ async def openai_models(service: Service) -> OpenAIModelList:
                                  for name in await service.catalog.names()])
 
 
+@router.get("/v1/models/{model:path}", responses={**AUTH_RESPONSES, 404: ERROR_RESPONSES[404]})
+async def openai_model(model: str, service: Service) -> OpenAIModel:
+    """A served model, or a checkpoint folder under the checkpoint root (served on demand)."""
+    served = await service.catalog.resolve(model)
+    return OpenAIModel(id=served.name, created=service.started)
+
+
 @router.post("/v1/completions", responses={**ERROR_RESPONSES, **STREAMED_COMPLETION})
 async def openai_completions(body: CompletionRequest, service: Service) -> Completion:
     """Prompts as given (no chat template); `stream: true` answers server-sent events."""
@@ -48,7 +55,7 @@ async def openai_completions(body: CompletionRequest, service: Service) -> Compl
     if body.stream:
         return stream(plan, body, chat=False)
     choices = await complete(plan.served, plan.prompts, plan.params, body.seed)
-    return completion(plan.served.name, choices, sum(plan.prompt_tokens))
+    return completion(plan.served.name, choices, sum(plan.prompt_tokens), plan.echoed)
 
 
 @router.post("/v1/chat/completions", responses={**ERROR_RESPONSES, **STREAMED_CHAT_COMPLETION})
