@@ -337,6 +337,8 @@ def test_models_retrieve(plain):
     missing = plain.get("/v1/models/no-such-model")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert plain.get("/v1/models/../etc").status_code == 404
+    bad = plain.get("/v1/models/a%00b")  # the path parameter is checked as a body's `model` is
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "model"
 
 
 class _AnyInt:
@@ -497,3 +499,19 @@ def test_a_request_names_only_model_folders_inside_the_checkpoint_root(tmp_path)
     for bad in ("../outside-model", "escape/tiny-student", "/etc", ".hidden/m", "runs/a", "runs/none/final", "a\x00b"):
         assert model_folder(str(root), bad) is None, bad
     assert checkpoint_folders(str(root)) == ["runs/a/train-advdistill/final", "runs/b/train-sft/final"]
+
+
+def test_log_probs_answer_in_openais_shapes_and_json_has_no_infinity():
+    from advdistill.generation.base import TokenLogprob
+    from advdistill.serve.openai_answers import chat_logprobs, completion
+
+    tokens = [TokenLogprob(1, "2 +", None), TokenLogprob(2, " 3", -float("inf"), ((5, " 5", -0.1),))]
+    answer = completion(MODEL, [[{"text": "!", "num_tokens": 1, "finish_reason": "length",
+                                  "logprobs": (TokenLogprob(3, "!", -0.5, ((3, "!", -0.5),)),),
+                                  "prompt_logprobs": tuple(tokens)}]], 2, echoed=["2 + 3"])
+    [choice] = json.loads(answer.model_dump_json())["choices"]
+    assert choice["text"] == "2 + 3!" and choice["logprobs"] == {
+        "tokens": ["2 +", " 3", "!"], "token_logprobs": [None, -9999.0, -0.5],
+        "top_logprobs": [None, {" 5": -0.1, " 3": -9999.0}, {"!": -0.5}], "text_offset": [0, 3, 5]}
+    chat = chat_logprobs(tokens[1:]).model_dump()["content"][0]
+    assert chat["logprob"] == -9999.0 and chat["bytes"] == [32, 51] and chat["top_logprobs"][0]["token"] == " 5"

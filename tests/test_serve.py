@@ -175,6 +175,7 @@ def test_models_healthz_and_docs(server):
     assert returns == {("get", "/healthz"): "Health", ("get", "/models"): "ModelList",
                        ("post", "/evaluate"): "EvaluateResponse", ("post", "/evaluations"): "EvaluationJob",
                        ("get", "/evaluations/{job_id}"): "EvaluationJob", ("get", "/v1/models"): "OpenAIModelList",
+                       ("get", "/v1/models/{model}"): "OpenAIModel",
                        ("post", "/v1/completions"): "Completion", ("post", "/v1/chat/completions"): "ChatCompletion"}
     assert httpx.get(server + "/docs").status_code == 200
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from advdistill.serve.schemas import ERROR_RESPONSES
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -120,15 +122,23 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
                  total_tokens=prompt_tokens + completion_tokens)
 
 
+LOWEST_LOGPROB = -9999.0  # -inf (a token the model rules out) as vLLM's server writes it: JSON has no infinity
+
+
+def finite(logprob: float | None) -> float | None:
+    return None if logprob is None else max(logprob, LOWEST_LOGPROB)
+
+
 def completion_logprobs(tokens: list[Any]) -> CompletionLogprobs:
     """`tokens`: `generation.base.TokenLogprob`s (the prompt's first without a log-prob)."""
     offsets, at = [], 0
     for t in tokens:
         offsets.append(at)
         at += len(t.text)
-    return CompletionLogprobs(tokens=[t.text for t in tokens], token_logprobs=[t.logprob for t in tokens],
+    return CompletionLogprobs(tokens=[t.text for t in tokens], token_logprobs=[finite(t.logprob) for t in tokens],
                               top_logprobs=[None if t.logprob is None else
-                                            {**{text: lp for _, text, lp in t.top}, t.text: t.logprob} for t in tokens],
+                                            {**{text: finite(lp) for _, text, lp in t.top}, t.text: finite(t.logprob)}
+                                            for t in tokens],
                               text_offset=offsets)
 
 
@@ -152,7 +162,7 @@ def completion(model: str, choices: list[list[dict[str, Any]]], prompt_tokens: i
 
 
 def _top(text: str, logprob: float) -> dict[str, Any]:
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+    return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode("utf-8"))}
 
 
 def chat_logprobs(tokens: list[Any]) -> ChatLogprobs:
@@ -192,3 +202,25 @@ def usage_chunk(stream_id: str, created: int, model: str, kind: str, prompt_toke
     """The last chunk when `stream_options.include_usage`: no choices, the request's usage."""
     return {"id": stream_id, "object": kind, "created": created, "model": model, "choices": [],
             "usage": usage(prompt_tokens, completion_tokens).model_dump()}
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every /v1 error (`serve.openai_errors`)."""
+
+    error: OpenAIErrorDetail
+
+
+# The /v1 routes' error answers as /openapi.json documents them: the statuses of the rest of the
+# API, in OpenAI's shape.
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorBody, "description": answer["description"]} for status, answer in ERROR_RESPONSES.items()}
+OPENAI_ERROR_RESPONSES[422] = {"model": OpenAIErrorBody, "description": "the field at fault (`param`) and why (every "
+                                                                        "issue in `message`), at most a short excerpt "
+                                                                        "of the input"}

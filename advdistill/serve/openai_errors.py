@@ -40,10 +40,10 @@ def is_openai_path(scope: dict) -> bool:
 
 def param(loc: list[Any]) -> str | None:
     """A pydantic `loc` as OpenAI names a field: ["body", "messages", 0, "content"] ->
-    "messages[0].content". Union-branch tags (`list[constrained-int]`, `function-after[...]`)
+    "messages[0].content" (["path", "model"] -> "model"). Union-branch tags (`list[constrained-int]`, `function-after[...]`)
     are left out: they name pydantic's internals, not the request."""
     out = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for part in loc[1:] if loc and loc[0] in ("body", "path", "query") else loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif isinstance(part, str) and _FIELD.match(part) and part not in _TYPE_TAGS:

@@ -7,12 +7,14 @@ them. Their errors answer in OpenAI's shape (`serve.openai_errors`)."""
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
 from advdistill.serve.execution import complete
 from advdistill.serve.openai_answers import (
+    OPENAI_ERROR_RESPONSES,
     STREAMED_CHAT_COMPLETION,
     STREAMED_COMPLETION,
     ChatCompletion,
@@ -30,25 +32,26 @@ from advdistill.serve.openai_answers import (
 from advdistill.serve.openai_compat import ChatCompletionRequest, CompletionRequest
 from advdistill.serve.planning import CompletionPlan
 from advdistill.serve.routes.dependencies import Service, authorized
-from advdistill.serve.schemas import AUTH_RESPONSES, ERROR_RESPONSES, excerpt
+from advdistill.serve.schemas import MAX_NAME_CHARS, Text, excerpt
 
 router = APIRouter(dependencies=[Depends(authorized)])
 
 
-@router.get("/v1/models", responses=AUTH_RESPONSES)
+@router.get("/v1/models", responses={401: OPENAI_ERROR_RESPONSES[401]})
 async def openai_models(service: Service) -> OpenAIModelList:
     return OpenAIModelList(data=[OpenAIModel(id=name, created=service.started)
                                  for name in await service.catalog.names()])
 
 
-@router.get("/v1/models/{model:path}", responses={**AUTH_RESPONSES, 404: ERROR_RESPONSES[404]})
-async def openai_model(model: str, service: Service) -> OpenAIModel:
+@router.get("/v1/models/{model:path}", responses=OPENAI_ERROR_RESPONSES)
+async def openai_model(model: Annotated[Text, Path(min_length=1, max_length=MAX_NAME_CHARS)],
+                       service: Service) -> OpenAIModel:
     """A served model, or a checkpoint folder under the checkpoint root (served on demand)."""
     served = await service.catalog.resolve(model)
     return OpenAIModel(id=served.name, created=service.started)
 
 
-@router.post("/v1/completions", responses={**ERROR_RESPONSES, **STREAMED_COMPLETION})
+@router.post("/v1/completions", responses={**OPENAI_ERROR_RESPONSES, **STREAMED_COMPLETION})
 async def openai_completions(body: CompletionRequest, service: Service) -> Completion:
     """Prompts as given (no chat template); `stream: true` answers server-sent events."""
     plan = await service.planner.completion(body)
@@ -58,7 +61,7 @@ async def openai_completions(body: CompletionRequest, service: Service) -> Compl
     return completion(plan.served.name, choices, sum(plan.prompt_tokens), plan.echoed)
 
 
-@router.post("/v1/chat/completions", responses={**ERROR_RESPONSES, **STREAMED_CHAT_COMPLETION})
+@router.post("/v1/chat/completions", responses={**OPENAI_ERROR_RESPONSES, **STREAMED_CHAT_COMPLETION})
 async def openai_chat(body: ChatCompletionRequest, service: Service) -> ChatCompletion:
     """Messages rendered with the model's own chat template; `stream: true` answers events."""
     plan = await service.planner.chat(body)
