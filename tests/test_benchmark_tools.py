@@ -31,6 +31,7 @@ def test_vllm_random_weights_generate_fixed_lengths(tmp_path):
     assert [len(outs) for outs in outputs] == [3, 3]
     assert all(o.num_tokens == 24 and o.finish_reason == "length" and isinstance(o.text, str)
                for outs in outputs for o in outs)
+    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates
 
 
 def test_transformers_engine_ignore_eos_and_no_dummy_weights(tiny_cfg, tiny_tokenizer):

@@ -58,7 +58,7 @@ def test_every_artefact_is_produced(run):
     for needle in ("Accuracy (paper Table 1 shape)", "Student AdvDistill", "synthetic-ood*", "verbosity", "template adherence",
                    "Cost per stage", "advantages.png", "## Training", "groups per step", "validation groups",
                    "## Paired differences", "Student AdvDistill − Student SFT", "Student SFT − Student base",
-                   "synthetic-test (n = 8)"):
+                   "synthetic-test (n = 8 items"):
         assert needle in report
     assert {p.name for p in (output / "report").glob("*.png")} >= {
         "advantages.png", "correct-per-group.png", "verbosity-synthetic-test.png", "degeneracy-synthetic-ood.png",

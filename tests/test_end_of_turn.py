@@ -100,3 +100,4 @@ def test_vllm_engine_stops_at_the_end_of_turn(base_like_teacher, prompts, tiny_c
     # Fixed-length benchmarks (ignore_eos) still generate max_tokens: the end-of-turn stop is lifted too.
     [[fixed]] = engine.generate(prompts[:1], GenerationParams(max_tokens=MAX_TOKENS, ignore_eos=True))
     assert fixed.num_tokens == MAX_TOKENS and fixed.finish_reason == "length"
+    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates

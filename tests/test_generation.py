@@ -13,7 +13,7 @@ from conftest import TINY_TEACHER
 
 
 def test_rows_keep_their_samples_whatever_the_batch():
-    engine = HFEngine(str(TINY_TEACHER), EngineConfig(engine="transformers"))
+    engine = HFEngine(str(TINY_TEACHER), EngineConfig(backend="transformers"))
     records = make_split("test", 3)
     params = GenerationParams(n=2, temperature=0.9, max_tokens=24)
     prompt = PromptConfig(few_shot=0)

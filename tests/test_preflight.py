@@ -149,4 +149,4 @@ def test_a_served_model_that_is_not_there_is_named_before_any_replica_starts():
     with pytest.raises(ValueError) as err:
         build_app({"config": "configs/tiny.yaml", "models": [{"name": "student", "path": "models/tiny-studnet"}]})
     assert str(err.value) == (f"model 'student': 'models/tiny-studnet' is not a model folder (with a config.json) "
-                              f"inside the checkpoint root {REPO} (did you mean models/tiny-student?)")
+                              f"inside the checkpoint root {REPO}, nor an absolute path to one (did you mean models/tiny-student?)")

@@ -5,9 +5,9 @@ too (a real engine whose step blocks inside vLLM), and an output whose id matche
 (a vLLM whose ids changed form). The installed vLLM has what the loop calls; seeding per prompt
 repeats its samples, per batch does not."""
 
-import gc
+import multiprocessing
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 from transformers import AutoTokenizer
@@ -16,7 +16,7 @@ from advdistill.data.synthetic import make_split
 from advdistill.generation.base import GenerationParams
 from advdistill.generation.engines import VLLMEngine, configure_vllm_cpu_env, resolve_dtype
 from advdistill.generation.rows import generate_rows, prompt_seed
-from advdistill.generation.step_loop import EngineLoopError, EngineStalled, RequestIdMismatch, StepLoop
+from advdistill.generation.step_loop import EngineLoopError, RequestIdMismatch, StepLoop
 from advdistill.generation.vllm_api import TESTED_VLLM, check_vllm_api
 from advdistill.prompts import build_prompt
 
@@ -27,7 +27,9 @@ PARAMS = GenerationParams(n=4, temperature=0.9, max_tokens=96)
 
 @pytest.fixture(scope="module")
 def engine(tiny_cfg):
-    return VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine, continuous=True)
+    engine = VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine, continuous=True)
+    yield engine
+    engine.close()  # a step loop keeps its engine alive: destroyed here, not while a later module's generates
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +112,9 @@ def test_seeding_per_prompt_repeats_samples_and_per_batch_does_not(engine, tiny_
     assert responses("per_batch") != responses("per_batch")  # the engine's generator moved on
 
 
-# The tests below start engines of their own. Two vLLM engines in one process share its parallel
-# state: destroying one breaks the other (FIELD-NOTES), so they come after every test that uses
-# the module's engine.
+# The test below starts an engine of its own. Two vLLM engines in one process share its parallel
+# state: destroying one breaks the other (FIELD-NOTES), so it comes after every test that uses
+# the module's engine (the hung-engine test runs its engine in a process of its own).
 
 
 def test_a_closed_loop_refuses_calls_instead_of_hanging(tiny_cfg, prompts_and_seeds):
@@ -121,6 +123,7 @@ def test_a_closed_loop_refuses_calls_instead_of_hanging(tiny_cfg, prompts_and_se
     engine.step_loop.close()
     with pytest.raises(EngineLoopError):
         engine.generate(prompts[:1], PARAMS, seeds[:1])
+    engine.close()
 
 
 def test_the_installed_vllm_has_what_the_step_loop_calls():
@@ -151,32 +154,44 @@ class HangWhileArmed:
         return logits
 
 
-def test_a_hung_step_fails_its_calls_and_refuses_new_ones(engine, prompts_and_seeds):
-    from vllm import LLM
+def hang_an_engine() -> dict:
+    """In a process of its own (one vLLM engine per process: FIELD-NOTES): a real engine whose
+    step blocks inside vLLM, behind a StepLoop with a 2 s stall timeout. Returns what each call got."""
+    from vllm import LLM, SamplingParams
     from vllm.v1.sample.logits_processor import LogitsProcessor
 
-    prompts, seeds = prompts_and_seeds
-    gc.collect()  # an engine an earlier test dropped is destroyed now, not while this one starts (FIELD-NOTES)
     configure_vllm_cpu_env()
     processor = type("HangingProcessor", (HangWhileArmed, LogitsProcessor), {})
     llm = LLM(model=str(TINY_TEACHER), max_model_len=1024, dtype=resolve_dtype("auto", False), enforce_eager=True,
               enable_chunked_prefill=False, logits_processors=[processor], seed=0)
     loop = StepLoop(llm, stall_timeout_s=2.0)
+    prompts = ["Tom has 3 apples. He buys 4 more.", "Zoe has 5 coins.", "Sam has 2 cats.", "Ann has 9 pens."]
 
-    def call(start: int):  # two prompts with their seeds, sampled as the module's engine samples
-        return loop.generate(prompts[start:start + 2], [engine._sampling(PARAMS, s) for s in seeds[start:start + 2]])
+    def call(start: int, size: int = 2):
+        sampling = [SamplingParams(n=4, temperature=0.9, max_tokens=96, seed=start + i) for i in range(size)]
+        return loop.generate(prompts[start:start + size], sampling)
 
+    seen: dict = {"before": len(call(0))}  # steps that return: no stall, however long the requests
+    HangWhileArmed.armed.set()
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(call, start) for start in (0, 2)]
+        seen["hung"] = [repr(waiting.exception(timeout=120)) for waiting in calls]
     try:
-        assert len(call(0)) == 2  # steps that return: no stall, however long the requests
-        HangWhileArmed.armed.set()
-        with ThreadPoolExecutor(2) as pool:
-            for waiting in [pool.submit(call, start) for start in (0, 2)]:
-                with pytest.raises(EngineStalled, match=r"no progress for 2 s \(engine.stall_timeout_s\)"):
-                    waiting.result(timeout=120)
-        with pytest.raises(EngineStalled):  # a hung engine takes no more calls
-            call(4)
-    finally:
-        HangWhileArmed.release.set()  # the step returns; the loop sees it was failed and ends
-        loop._thread.join(timeout=60)
-        HangWhileArmed.armed.clear()
-    assert not loop._thread.is_alive()
+        call(0, 1)
+    except Exception as err:  # noqa: BLE001 - the refusal is what is returned
+        seen["after"] = repr(err)
+    HangWhileArmed.release.set()  # the step returns; the loop sees it was failed and ends
+    loop._thread.join(timeout=60)
+    seen["loop_ended"] = not loop._thread.is_alive()
+    return seen
+
+
+def test_a_hung_step_fails_its_calls_and_refuses_new_ones():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        seen = child.submit(hang_an_engine).result(timeout=600)
+    assert seen["before"] == 2
+    assert len(seen["hung"]) == 2
+    for error in seen["hung"]:
+        assert error.startswith("EngineStalled(") and "no progress for 2 s (engine.stall_timeout_s)" in error
+    assert seen["after"].startswith("EngineStalled(")  # a hung engine takes no more calls
+    assert seen["loop_ended"]

@@ -66,7 +66,7 @@ def test_accuracy_bands_the_demo_relies_on(tiny_cfg, tiny_tokenizer):
             sampled = GenerationParams(n=8, temperature=0.9, max_tokens=tiny_cfg.curate.sampling.max_tokens)
             groups = _judged(engine, test[:64], prompts_of(test[:64]), sampled, seeds=list(range(64)))
             mixed = sum(0 < sum(g) < 8 for g in groups) / len(groups)
-        del engine
+        engine.close()  # its step loop holds the LLM: destroyed now, not while the next engine generates
     assert accuracy["teacher", "test"] >= 0.80, accuracy
     assert accuracy["teacher", "ood"] <= accuracy["teacher", "test"] - 0.3, accuracy
     assert 0.10 <= accuracy["student", "test"] <= 0.40, accuracy
@@ -97,4 +97,5 @@ def test_vllm_engine_teacher_accuracy_guard(problems, tiny_cfg):
     texts = [(o.text, r["reference"]) for r, outs in zip(records, outputs) for o in outs]
     assert sum(format_reward(t) for t, _ in texts) / len(texts) >= 0.95
     accuracy = sum(is_correct(t, ref, "synthetic") for t, ref in texts) / len(texts)
+    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates
     assert accuracy > 0.5, accuracy

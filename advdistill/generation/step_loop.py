@@ -110,8 +110,10 @@ class StepLoop:
         self._stall_timeout_s, self._stall_at_step = stall_timeout_s, stall_at_step
         self._thread = threading.Thread(target=self._run, name="vllm-step-loop", daemon=True)
         self._thread.start()
+        self._watchdog: threading.Thread | None = None
         if stall_timeout_s is not None:
-            threading.Thread(target=self._watch, name="vllm-step-watchdog", daemon=True).start()
+            self._watchdog = threading.Thread(target=self._watch, name="vllm-step-watchdog", daemon=True)
+            self._watchdog.start()
 
     def generate(self, prompts: Sequence[str], sampling: Sequence[Any]) -> list[Any]:
         """The finished `RequestOutput` of each prompt, in order (blocks until all are done)."""
@@ -166,8 +168,13 @@ class StepLoop:
         return EngineLoopError(f"the engine's step loop stopped: {self._broken!r}")
 
     def close(self) -> None:
+        """Stop the loop and wait for both threads: neither holds the engine afterwards, so the
+        engine is destroyed when its owner drops it, not a second later in the watchdog's thread
+        (vLLM's teardown clears process-global state another engine may be starting with)."""
         self._inbox.put(_STOP)
         self._thread.join(timeout=30)
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=30)
 
     def _watch(self) -> None:
         """Fail the loop once a step has run for longer than `stall_timeout_s`."""
