@@ -35,6 +35,16 @@ def test_stated_bounds_are_the_pool_on_any_cluster():
         assert pool.remote_args == {"num_cpus": 1, "num_gpus": 2, "resources": {"inference": 1}}
 
 
+def test_on_an_autoscaling_cluster_the_pool_asks_for_its_actors_at_once_bounded_by_the_work():
+    # Ray Data scales a pool within the resources up now and asks the autoscaler for none: the
+    # pool's pending actors are what brings up their nodes.
+    pool = plan({"use_gpu": True, "min_actors": 1, "max_actors": 3}, autoscaling=AUTOSCALING)
+    assert pool.sizes(batches=24) == {"min_size": 3, "max_size": 3, "initial_size": 3}
+    assert pool.sizes(batches=2) == {"min_size": 2, "max_size": 2, "initial_size": 2}  # no node for no work
+    fixed = plan({"use_gpu": True, "min_actors": 1, "max_actors": 3}, gpus=4)
+    assert fixed.sizes(batches=24) == {"min_size": 1, "max_size": 3, "initial_size": 1}  # Ray Data's own scaling
+
+
 def test_an_autoscaling_cluster_without_a_stated_max_is_refused_with_the_key_to_set():
     # The GPUs up at submit (here none: cluster.yaml starts its GPU workers at zero) would have
     # made a pool of one.

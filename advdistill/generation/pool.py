@@ -1,11 +1,18 @@
 """The generation actor pool's bounds, decided in the driver before any actor starts.
 
 Ray Data's `ActorPoolStrategy(min_size, max_size)` starts `min_size` actors and adds more while
-batches wait, up to `max_size`, as fast as the cluster can place them — on an autoscaling
-cluster, as fast as the autoscaler adds nodes. The upper bound is the one figure that has to be
-right before the run: the GPUs present at submit are those of the nodes up *now*, and
-`cluster.yaml` starts its GPU workers at zero, so a pool sized from them curates on one actor
-(or none) while the autoscaler could bring up the rest.
+batches wait, up to `max_size`, within the resources the cluster has *now*: it does not ask the
+autoscaler for nodes for more actors (measured on the fake autoscaler with logical GPUs: a pool
+of 1-3 stayed at one actor through a 96-prompt curation while two GPU node slots stayed
+unlaunched). The upper bound is the one figure that has to be right before the run: the GPUs
+present at submit are those of the nodes up now, and `cluster.yaml` starts its GPU workers at
+zero, so a pool sized from them curates on one actor (or none).
+
+So on an autoscaling cluster the pool asks for its actors at once (`PoolPlan.sizes`):
+min(max_actors, batches) of them, each pending until the autoscaler brings up a node for it and
+working from then on, so the pool grows with the cluster; a stage with less work than that asks
+for no more nodes than it has batches. On a fixed cluster Ray Data's own scaling within
+[min_actors, max_actors] stands: the resources are there.
 
 The rule (`plan_pool`, pure):
 - `resources.max_actors` stated: the pool is [min_actors, max_actors], whatever the cluster.
@@ -51,6 +58,14 @@ class PoolPlan:
     gpus_per_actor: int
     why: str  # how max_actors was decided, for the log and the summary
     env: dict[str, str] = field(default_factory=dict)  # forwarded to the actors by name (an endpoint's key)
+    autoscaling: bool = False  # the cluster adds nodes on demand (the pool then asks for its actors at once)
+
+    def sizes(self, batches: int) -> dict[str, int]:
+        """`ActorPoolStrategy`'s min_size, max_size and initial_size for a stage of `batches` batches."""
+        if self.autoscaling:
+            n = max(1, min(self.max_actors, batches))
+            return {"min_size": n, "max_size": n, "initial_size": n}
+        return {"min_size": self.min_actors, "max_size": self.max_actors, "initial_size": self.min_actors}
 
 
 def plan_pool(resources: ResourcesConfig, engine: EngineConfig, *, cluster_gpus: int, autoscaling: str | None,
@@ -98,7 +113,7 @@ def plan_pool(resources: ResourcesConfig, engine: EngineConfig, *, cluster_gpus:
         # the driver's environment), by name, never through the config.
         env[key_env] = os.environ[key_env]
         args["runtime_env"] = {"env_vars": dict(env)}
-    return PoolPlan(args, min(resources.min_actors, max_actors), max_actors, tp, why, env)
+    return PoolPlan(args, min(resources.min_actors, max_actors), max_actors, tp, why, env, autoscaling is not None)
 
 
 def autoscaling_evidence() -> str | None:

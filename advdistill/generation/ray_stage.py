@@ -192,8 +192,9 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
 
     Records whose prompt does not fit the engine's context are left out and appended to
     `quarantine` (`check_context`); without a `quarantine` list they raise `PromptTooLong`.
-    `pool` (`pool.actor_pool`) bounds the generation actors; with a `ledger`, each reports its
-    lease there (read it once the dataset is consumed)."""
+    `pool` (`pool.actor_pool`) sizes the generation actors (`PoolPlan.sizes`: on an autoscaling
+    cluster, all of them asked for at once); with a `ledger`, each reports its lease there (read
+    it once the dataset is consumed)."""
     import ray
 
     records, rejected = check_context(records, model=model, engine=engine, params=params, prompt=prompt,
@@ -206,8 +207,8 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
     table = to_arrow(records, arrow_schema(Record), extra=extra)
     # One block per engine batch: blocks are what Ray Data hands out, so the work spreads over the
     # actors and the results stream back a batch at a time (one block would come back at the end).
-    ds = ray.data.from_arrow([table.slice(start, engine.batch_size) for start in range(0, len(table), engine.batch_size)]
-                             or [table])
+    blocks = [table.slice(start, engine.batch_size) for start in range(0, len(table), engine.batch_size)] or [table]
+    ds = ray.data.from_arrow(blocks)
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for actor restarts yet; its own docs point to these
         # kwargs (map_batches(..., max_restarts=...)), which it flags as deprecated.
@@ -220,8 +221,7 @@ def generate_and_score(records: Sequence[dict[str, Any]], *, model: str, engine:
                                    "stall_at_step": injected_stall_step()},
             batch_size=engine.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors,
-                                               **engine_concurrency(engine)),
+            compute=ray.data.ActorPoolStrategy(**pool.sizes(len(blocks)), **engine_concurrency(engine)),
             **pool.remote_args,
             **FAULT_TOLERANCE,
         )
