@@ -206,8 +206,11 @@ class ResourcesConfig(Section):
                                                    "cluster); an autoscaling cluster needs it stated")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (an engine on CPU computes with "
                                                         "them)")
-    min_actors: int = Field(1, ge=1, description="actors the generation pool (curate, evaluate) starts with and "
-                                                 "keeps; on an autoscaling cluster, nodes for this many start first")
+    min_actors: int = Field(1, ge=1, description="on a fixed cluster, actors the generation pool (curate, evaluate) "
+                                                 "starts with and keeps (Ray Data adds more while batches wait, up to "
+                                                 "max_actors); on an autoscaling cluster the pool asks for "
+                                                 "min(max_actors, batches) actors at once, each starting as its node "
+                                                 "comes up")
     max_actors: int | None = Field(
         None, ge=1, description="actors the generation pool may grow to (each holds tensor_parallel_size GPUs while "
                                 "it lives). None = on a fixed cluster, one per tensor_parallel_size GPUs present at "
@@ -397,9 +400,11 @@ class ServeConfig(Section):
                                                "load_timeout_s); off: only files inside data_root and built-in "
                                                "generators")
     token_env: str = Field("ADVDISTILL_API_TOKEN", description="env var holding the API bearer token; unset or "
-                                                               "empty = no auth")
-    jobs_folder: str = Field("runs/evaluations", description="where evaluation jobs (POST /evaluations) keep their "
-                                                             "state and results (relative: to the repository)")
+                                                               "empty = no auth, allowed on a loopback bind only "
+                                                               "(a replica on any other address refuses to start)")
+    jobs_folder: str = Field("runs/evaluations", description="local folder of the evaluation jobs' SQLite database "
+                                                             "(POST /evaluations: state and results; relative: to the "
+                                                             "repository); every API replica must run on its node")
     max_concurrent_jobs: int = Field(2, ge=1, description="evaluation jobs running at once per API replica "
                                                           "(429 beyond)")
     job_heartbeat_s: float = Field(10.0, gt=0, description="a running job's state is written at least this "
@@ -407,14 +412,39 @@ class ServeConfig(Section):
                                                            "starts the job again")
     job_attempts: int = Field(3, ge=1, description="times a job may start (its replica stopped each time) before it "
                                                    "ends `interrupted`")
-    on_demand: bool = Field(True, description="requests may name any model folder under checkpoint_root (loaded on "
-                                              "first use, no redeploy); off: only the configured models")
+    on_demand: bool = Field(False, description="requests may name any model folder under checkpoint_root (loaded "
+                                               "on first use, no redeploy); off: only the configured models")
     max_models_per_replica: int = Field(2, ge=1, description="on-demand checkpoints one replica keeps loaded "
                                                              "(Ray Serve model multiplexing, least recently used out)")
+    evict_wait_s: float = Field(30.0, ge=0, description="a new on-demand checkpoint waits this long for the requests "
+                                                        "of the engine it would evict; 503 with Retry-After beyond "
+                                                        "(an engine with requests in flight is never evicted)")
+    load_failure_ttl_s: float = Field(60.0, ge=0, description="a folder that failed to load as a model is answered "
+                                                              "404 from memory for this long (no new load attempt)")
+    gpus_per_replica: float = Field(1.0, gt=0, description="GPUs (a fraction shares one) each model replica and each "
+                                                           "on-demand engine holds, where the cluster has GPUs")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of a GPU's memory each served engine may take; None = "
+                                      "gpus_per_replica x eval.engine.gpu_memory_utilization (at most the fraction "
+                                      "of the GPU the replica holds)")
+    max_request_chars: int = Field(1_000_000, ge=1, description="characters of prompt text (items' questions and "
+                                                                "choices, /v1 prompts, chat messages) one request may "
+                                                                "send, counted before tokenizing (413 beyond)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive whole within this many "
+                                                          "seconds of the request's headers (408 beyond)")
     start_after_run: bool = Field(False, description="serve the run's checkpoints when distill.py ends")
     custom_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources each model replica of `distill.py --serve` needs "
+        default_factory=dict, description="custom Ray resources each model replica and on-demand engine needs "
                                           "(e.g. {serve: 1}: replicas only on the node type that declares it)")
+
+    @model_validator(mode="after")
+    def _memory_within_the_gpu_share(self) -> "ServeConfig":
+        # Two replicas sharing a GPU at 0.5 each with 0.9 of its memory each would fail to start.
+        share = min(1.0, self.gpus_per_replica)
+        if self.gpu_memory_utilization is not None and self.gpu_memory_utilization > share:
+            raise ValueError(f"serve.gpu_memory_utilization {self.gpu_memory_utilization} exceeds the GPU share each "
+                             f"replica holds (serve.gpus_per_replica {self.gpus_per_replica}): give at most {share}")
+        return self
 
 
 class TrackingConfig(Section):

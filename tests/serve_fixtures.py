@@ -34,7 +34,8 @@ def serve_app(ray_cluster) -> Callable[..., str]:
     from advdistill.serve.app import build_app
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # One proxy, on the head: nodes a test adds on this machine would bind the same address.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
 
     def run(args: dict[str, Any], name: str, route_prefix: str = "/") -> str:
         serve.run(build_app(args), name=name, route_prefix=route_prefix)

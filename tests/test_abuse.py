@@ -22,7 +22,8 @@ TOKEN = "abuse-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL = "tiny-student"
 GOOD = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in make_split("test", 8)]
-LIMITS = {"max_items": 8, "max_request_tokens": 160, "max_body_bytes": 2**20, "max_dataset_bytes": 8 * 2**20}
+LIMITS = {"max_items": 8, "max_request_tokens": 160, "max_body_bytes": 2**20, "max_dataset_bytes": 8 * 2**20,
+          "body_timeout_s": 3, "max_request_chars": 500_000}
 SHORT = {"max_tokens": 16}
 HUGE_REFERENCE = "9^{9^{9}}"  # sympy computes it in C, holding the GIL: 90 s per request before issue 15
 
@@ -260,6 +261,63 @@ def test_openapi_fuzzer_finds_no_5xx_and_no_schema_violation(server):
     assert seen["requests"] > 60, seen
     assert not failures, "\n".join(failures[:5])
     assert not any(status >= 500 for status in seen["statuses"]), seen
+
+
+def test_slow_clients_hold_nothing_and_a_trickled_body_is_cut_at_body_timeout_s(server):
+    """Through Serve's proxy: a body sent a byte at a time is answered 408 once serve.body_timeout_s
+    (3 s here) has passed since its headers; 200 connections holding half a request line (Serve's
+    uvicorn has no header timeout: README) hold no answer back — /healthz answers meanwhile."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(server).hostname, urlsplit(server).port
+    held = [socket.create_connection((host, port), timeout=10) for _ in range(200)]
+    try:
+        for s in held:
+            s.sendall(b"GET /healthz HT")
+        assert httpx.get(server + "/healthz", timeout=5).status_code == 200
+        with socket.create_connection((host, port), timeout=60) as s:
+            s.sendall(b"POST /evaluate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                      + b"\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{")
+            s.settimeout(1.0)
+            answer, started = b"", time.time()
+            while not answer and time.time() - started < 60:
+                try:
+                    answer = s.recv(4096)
+                except socket.timeout:
+                    s.sendall(b" ")
+        assert answer.startswith(b"HTTP/1.1 408") and b"body_timeout_s" in answer, answer[:300]
+        assert httpx.get(server + "/healthz", timeout=5).status_code == 200
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_huge_prompts_are_refused_by_counting_characters(server):
+    """800,000 characters of prompts (serve.max_request_chars is 500,000 here) are a 413 naming the
+    limit on /v1 and /evaluate alike, counted before anything is tokenized."""
+    prompts = {"model": MODEL, "prompt": ["word " * 20_000] * 8, "max_tokens": 4}
+    items = {"model": MODEL, "items": [dict(GOOD[0], question="word " * 20_000)] * 8, "sampling": SHORT}
+    for path, body in (("/v1/completions", prompts), ("/evaluate", items)):
+        response = httpx.post(server + path, json=body, headers=AUTH, timeout=60)
+        assert response.status_code == 413 and "serve.max_request_chars" in response.text, response.text[:300]
+
+
+def test_32_concurrent_job_submissions_start_at_most_two_and_every_job_ends_with_its_result(server):
+    """POST /evaluations 32 times at once with serve.max_concurrent_jobs 2 (the default): two
+    jobs, thirty 429s with Retry-After; both jobs end done with every item's result."""
+    body = {"model": MODEL, "items": GOOD[:4], "sampling": SHORT}
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda _: httpx.post(server + "/evaluations", json=body, headers=AUTH, timeout=60),
+                                range(32)))
+    assert sorted(a.status_code for a in answers) == [202] * 2 + [429] * 30
+    assert all(a.headers.get("retry-after") for a in answers if a.status_code == 429)
+    for job in [a.json() for a in answers if a.status_code == 202]:
+        deadline = time.time() + 300
+        while job["status"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.3)
+            job = httpx.get(f"{server}/evaluations/{job['id']}", headers=AUTH, timeout=30).json()
+        assert job["status"] == "done" and len(job["result"]["results"]) == 4, job
 
 
 def test_still_serving_after_the_abuse(server):

@@ -21,6 +21,7 @@ from advdistill.serve.jobs import JobStore
 
 from conftest import REPO, free_port
 from groups_fixture import write_groups
+from ray_nodes import agent_ports, new_temp_dir, start_node, stop_nodes
 from serve_fixtures import wait_until_up
 
 ITEMS = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"} for r in make_split("test", 16)]
@@ -57,8 +58,8 @@ def checkpoint_root(tmp_path_factory):
 def server(serve_app, data_root, jobs_folder, checkpoint_root):
     return serve_app({"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(checkpoint_root),
                       "data_root": str(data_root), "max_items": 1000, "max_request_tokens": 512,
-                      "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1, "max_models_per_replica": 1,
-                      "job_heartbeat_s": 1.0,
+                      "jobs_folder": str(jobs_folder), "max_concurrent_jobs": 1, "on_demand": True,
+                      "max_models_per_replica": 2, "job_heartbeat_s": 1.0,
                       "checkpoints_ray_actor_options": {"num_cpus": 0.5},
                       "models": [{"name": "tiny-student", "path": "models/tiny-student", "base_model": False},
                                  {"name": "tiny-teacher", "path": "models/tiny-teacher", "base_model": True}]},
@@ -90,9 +91,9 @@ def test_items_and_dataset_match_the_offline_evaluator(server, offline_test_metr
 def test_a_new_checkpoint_is_evaluated_without_redeploying(server, checkpoint_root, tiny_cfg, tiny_tokenizer, tmp_path):
     """A checkpoint exported by the project's trainer after the app was deployed (what distill.py's
     train stage writes: `<run>/train-<method>/final`) is evaluated by naming its path: loaded on
-    first use by the on-demand deployment (Ray Serve multiplexing). A copy of the configured
-    model's folder gives that model's answers; the replica keeps serve.max_models_per_replica (1
-    here) engines, least recently used out."""
+    first use by the on-demand deployment (Ray Serve multiplexing), each engine in a process of its
+    own. A copy of the configured model's folder gives that model's answers; the replica keeps
+    serve.max_models_per_replica (2 here) engines, least recently used out."""
     from advdistill.config import with_overrides
     from advdistill.train.trainer import train
 
@@ -112,19 +113,146 @@ def test_a_new_checkpoint_is_evaluated_without_redeploying(server, checkpoint_ro
     # the trained weights answered, not the deployed model's
     assert [r["response"] for r in first.json()["results"]] != [r["response"] for r in configured.json()["results"]]
     listed = httpx.get(server + "/models").json()["on_demand"]
-    assert listed["loaded"] == ["runs/a/train-advdistill/final"] and listed["max_per_replica"] == 1
+    assert listed["loaded"] == ["runs/a/train-advdistill/final"] and listed["max_per_replica"] == 2
     assert {"models/tiny-student", "models/tiny-teacher", "runs/a/train-advdistill/final",
             "runs/b/train-sft/final"} <= set(listed["available"])
     second = evaluate(server, {"model": "./runs/b/train-sft/final/", **body})
     assert second.status_code == 200, second.text
     assert [r["response"] for r in second.json()["results"]] == [r["response"] for r in configured.json()["results"]]
-    assert httpx.get(server + "/models").json()["on_demand"]["loaded"] == ["runs/b/train-sft/final"]
-    # Nothing outside the root, nothing hidden, nothing that is not a model folder.
+    assert httpx.get(server + "/models").json()["on_demand"]["loaded"] == ["runs/a/train-advdistill/final",
+                                                                          "runs/b/train-sft/final"]
+    # Nothing outside the root, nothing hidden (as named or once resolved), nothing that is not a model folder.
     (checkpoint_root / ".hidden").mkdir(exist_ok=True)
     shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / ".hidden" / "m", dirs_exist_ok=True)
-    for bad in ("../checkpoints", "escape/tiny-student", "/etc", ".hidden/m", "runs/a", "runs/none/final", "a\x00b"):
+    (checkpoint_root / "runs" / "shown").symlink_to(checkpoint_root / ".hidden" / "m")
+    for bad in ("../checkpoints", "escape/tiny-student", "/etc", ".hidden/m", "runs/shown", "runs/a",
+                "runs/none/final", "a\x00b"):
         response = evaluate(server, {"model": bad, **body})
         assert response.status_code in (404, 422), (bad, response.text)
+
+
+def unloadable(root) -> list[str]:
+    """Five folders under `root` that look like models and cannot load (no weights, garbage
+    weights, a pickle, truncated safetensors, a broken config), as request names."""
+    source, names = root / "models" / "tiny-student", ["no-weights", "garbage", "pickled", "truncated", "bad-config"]
+    for name in names:
+        shutil.copytree(source, root / "bad" / name, ignore=shutil.ignore_patterns("*.safetensors"))
+    whole = (source / "model.safetensors").read_bytes()
+    (root / "bad" / "garbage" / "model.safetensors").write_bytes(b"\x00" * 64)
+    (root / "bad" / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04\x95 a pickle")
+    (root / "bad" / "truncated" / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    (root / "bad" / "bad-config" / "model.safetensors").write_bytes(whole)
+    (root / "bad" / "bad-config" / "config.json").write_text("{not json")
+    return [f"bad/{name}" for name in names]
+
+
+def gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_loading_and_evicting_checkpoints_never_breaks_another_ones_generation(server, checkpoint_root):
+    """Issue 30.1, as found: c1 and c2 loaded, a long generation on c2, and c3 asked for (c1, the
+    least recently used, is evicted and c3 loaded meanwhile). c2's request is answered and c2
+    answers afterwards; c1's engine process has ended (its memory is back). An engine whose process
+    died is replaced on its next request. Five folders that cannot load are a 404 "not a loadable
+    checkpoint" on every route, with no traceback, colour codes, PID or address, and leave the
+    loaded set as it was."""
+    from ray import serve
+
+    for name in ("c1", "c2", "c3"):
+        shutil.copytree(checkpoint_root / "models" / "tiny-student", checkpoint_root / "runs" / name / "final")
+    c1, c2, c3 = (f"runs/{name}/final" for name in ("c1", "c2", "c3"))
+    short = {"items": ITEMS[:2], "sampling": {"max_tokens": 32}}
+    for model in (c1, c2):
+        assert evaluate(server, {"model": model, **short}).status_code == 200
+    handle = serve.get_deployment_handle("checkpoints", app_name="advdistill")
+    engines = handle.engines.remote().result()
+    assert set(engines) == {c1, c2}
+    long_items = [{"question": r["question"], "reference": r["reference"], "task": "synthetic"}
+                  for r in make_split("test", 200, seed=11)]
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(evaluate, server, {"model": c2, "items": long_items, "sampling": {"max_tokens": 160}})
+        third = evaluate(server, {"model": c3, **short})
+        answered = long.result()
+    assert third.status_code == 200, third.text
+    assert answered.status_code == 200 and len(answered.json()["results"]) == 200, answered.text[:500]
+    assert evaluate(server, {"model": c2, **short}).status_code == 200  # c2's engine still generates
+    assert sorted(handle.loaded.remote().result()) == [c2, c3]
+    deadline = time.time() + 60
+    while not gone(engines[c1]) and time.time() < deadline:
+        time.sleep(0.5)
+    assert gone(engines[c1]), "the evicted engine's process is still running"
+    # An engine whose process died (as the kernel's OOM killer ends one): its next request fails
+    # cleanly, the one after loads it again.
+    os.kill(handle.engines.remote().result()[c3], signal.SIGKILL)
+    failed = evaluate(server, {"model": c3, **short})
+    assert failed.status_code == 503 and "pid=" not in failed.text, failed.text
+    assert evaluate(server, {"model": c3, **short}).status_code == 200
+    loaded = sorted(handle.loaded.remote().result())
+    for bad in unloadable(checkpoint_root):
+        for path, body in (("/evaluate", {"model": bad, **short}), ("/evaluations", {"model": bad, **short}),
+                           ("/v1/completions", {"model": bad, "prompt": "2+2=", "max_tokens": 4}),
+                           ("/v1/chat/completions", {"model": bad, "messages": [{"role": "user", "content": "hi"}]})):
+            response = httpx.post(server + path, json=body, timeout=120)
+            assert response.status_code == 404 and "not a loadable checkpoint" in response.text, (bad, path, response.text)
+            assert not any(leak in response.text for leak in ("Traceback", "\x1b[", "\\u001b", "pid=", "ip=")), response.text
+    assert sorted(handle.loaded.remote().result()) == loaded
+
+
+@pytest.fixture
+def two_logical_gpus(ray_cluster):
+    """A node with 2 logical GPUs and no CPU joined to the session's cluster for one test (only
+    actors that ask for a GPU land on it), then stopped. Ray schedules its GPUs as a GPU node's; the
+    engines compute on the CPU (FIELD-NOTES)."""
+    import ray
+
+    temp_dir = new_temp_dir()
+    start_node([f"--address={ray_cluster.address}", "--node-ip-address=127.0.0.1", "--num-cpus=0", "--num-gpus=2",
+                *agent_ports()], temp_dir)
+    try:
+        deadline = time.time() + 60
+        while ray.cluster_resources().get("GPU", 0) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        yield
+    finally:
+        stop_nodes(temp_dir)
+
+
+def test_three_models_share_two_logical_gpus_at_half_each_and_a_whole_gpu_each_is_refused(
+        serve_app, server, two_logical_gpus, data_root, jobs_folder):
+    """Issue 26.3: at serve.gpus_per_replica 1.0, three models do not fit two GPUs: build_app
+    refuses in seconds, naming the numbers (replicas would otherwise wait forever); at 0.5 each
+    they come up and answer, each replica holding half a GPU."""
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from advdistill.serve.app import build_app
+    from advdistill.serve.capacity import GpuPlanError
+
+    args = {"config": str(REPO / "configs" / "tiny.yaml"), "checkpoint_root": str(REPO), "data_root": str(data_root),
+            "jobs_folder": str(jobs_folder / "gpu"),
+            "models": [{"name": f"m{i}", "path": "models/tiny-student", "ray_actor_options": {"num_cpus": 0}}
+                       for i in range(3)]}
+    with pytest.raises(GpuPlanError) as refused:
+        build_app({**args, "gpus_per_replica": 1.0})
+    assert "3 engine(s) x serve.gpus_per_replica 1 = 3 GPU(s)" in str(refused.value)
+    assert "2 GPU(s) on 2 node(s) = 2 slot(s)" in str(refused.value) and "lower serve.gpus_per_replica to 0.5" in str(
+        refused.value)
+    url = serve_app({**args, "gpus_per_replica": 0.5}, "gpu-plan", route_prefix="/gpu")
+    try:
+        for i in range(3):
+            answer = evaluate(url, {"model": f"m{i}", "items": ITEMS[:1], "sampling": {"max_tokens": 8}})
+            assert answer.status_code == 200, answer.text
+        held = [a.required_resources for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+                if "gpu-plan#model-m" in (a.name or "")]
+        assert len(held) == 3 and all(r.get("GPU") == 0.5 for r in held), held
+    finally:
+        serve.delete("gpu-plan")
 
 
 def test_openai_client_chat_completions_and_streams(server):

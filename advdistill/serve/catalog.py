@@ -8,17 +8,21 @@ reached through the deployment handles given to the catalog."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from advdistill.serve.errors import NotFound
+from advdistill.serve.errors import NotFound, describe
 from advdistill.serve.paths import is_file, is_hidden, requested_path
 from advdistill.serve.schemas import ModelList, OnDemand, excerpt
 from advdistill.storage import is_uri, local_model, location
 
 MAX_AVAILABLE_LISTED = 200  # checkpoint folders GET /models lists
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header larger than this is not one
 AVAILABLE_DEPTH = 5  # how deep under the checkpoint root it looks (runs/NAME/seed-0/train-sft/final)
 
 
@@ -67,6 +71,44 @@ def model_folder(root: str, model: str) -> tuple[Any, str] | None:
     return path, path.relative_to(Path(root).resolve()).as_posix()
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why a file is not whole safetensors (a header that does not parse, data shorter or longer
+    than the header says), or None. Reads the header only."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                return f"{path.name} is not safetensors (header size {size})"
+            header = json.loads(handle.read(size))
+        ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+        expected = 8 + size + max(ends, default=0)
+        actual = path.stat().st_size
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return f"{path.name} is not safetensors (its header does not parse)"
+    if actual != expected:
+        return f"{path.name} holds {actual} bytes where its header describes {expected} (truncated or padded)"
+    return None
+
+
+def loadable_problem(folder: Path) -> str | None:
+    """Why a local folder cannot be loaded as a model, from its files alone (a config that does
+    not parse, no weights, pickled weights only, safetensors that are not whole), or None.
+    Pickles are never loaded on demand: unpickling runs code."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        names = sorted(p.name for p in folder.iterdir())
+    except (OSError, ValueError):
+        return "its config.json does not parse"
+    if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):
+        return "its config.json names no model_type"
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if not weights:
+        pickled = [n for n in names if n.endswith(PICKLED_WEIGHTS)]
+        return (f"its weights are pickles ({', '.join(pickled[:3])}), which are never loaded: convert them to "
+                "safetensors" if pickled else "it holds no weights (*.safetensors)")
+    return next(filter(None, (safetensors_problem(folder / n) for n in weights)), None)
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer  # heavy: loaded where tokenizers are needed
 
@@ -88,11 +130,15 @@ class Catalog:
     through `off_loop`, never on the event loop."""
 
     def __init__(self, models: dict[str, Any], descriptions: list[dict[str, Any]], tokenizers: dict[str, Any],
-                 checkpoint_root: str, checkpoints: Any | None, max_per_replica: int, off_loop: OffLoop):
+                 checkpoint_root: str, checkpoints: Any | None, max_per_replica: int, off_loop: OffLoop,
+                 failure_ttl_s: float = 60.0):
         self.models, self.tokenizers = models, tokenizers
         self.descriptions = {d["name"]: d for d in descriptions}
         self.checkpoint_root, self.checkpoints = checkpoint_root, checkpoints
         self.max_per_replica, self.off_loop = max_per_replica, off_loop
+        # Folders found not loadable: model id -> (remembered until, the 404's detail), so retries
+        # cost nothing and never reach (or evict) an engine.
+        self.failure_ttl_s, self.unloadable = failure_ttl_s, {}
 
     async def resolve(self, model: str) -> Served:
         """A configured model by name, else a checkpoint folder under the root (served on demand);
@@ -105,11 +151,18 @@ class Catalog:
             raise NotFound(f"unknown model {excerpt(model, 200)!r}: give a served name{also}; served: "
                            f"{sorted(self.models)}")
         path, model_id = found
+        remembered = self.unloadable.get(model_id)
+        if remembered is not None and remembered[0] > time.monotonic():
+            raise NotFound(remembered[1])
         try:
-            tokenizer = await self.off_loop(checkpoint_tokenizer, str(path))
+            problem = None if is_uri(self.checkpoint_root) else await self.off_loop(loadable_problem, path)
+            tokenizer = None if problem else await self.off_loop(checkpoint_tokenizer, str(path))
         except Exception as err:  # noqa: BLE001 - a folder that is not a loadable model
-            raise NotFound(f"{excerpt(model, 200)!r} is not a loadable checkpoint: "
-                           f"{excerpt(f'{type(err).__name__}: {err}', 200)}") from None
+            problem = describe(err)
+        if problem:
+            why = f"{excerpt(model, 200)!r} is not a loadable checkpoint: {excerpt(problem, 200)}"
+            self.unloadable[model_id] = (time.monotonic() + self.failure_ttl_s, why)
+            raise NotFound(why)
         return Served(model_id, self.checkpoints.options(multiplexed_model_id=model_id), 0, tokenizer)
 
     async def listing(self) -> ModelList:

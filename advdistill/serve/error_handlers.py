@@ -57,7 +57,10 @@ def validation_error(issues: list[dict[str, Any]]) -> JSONResponse:
 def error_response(err: ApiError) -> JSONResponse:
     if isinstance(err, Invalid):
         return validation_error(err.issues)
-    return JSONResponse(status_code=status_of(err), content={"detail": err.detail}, headers=HEADERS.get(type(err)))
+    headers = dict(HEADERS.get(type(err), {}))
+    if getattr(err, "retry_after", None) is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    return JSONResponse(status_code=status_of(err), content={"detail": err.detail}, headers=headers or None)
 
 
 def failure_text(err: Exception) -> str:

@@ -4,6 +4,7 @@ turns each kind into a status code and a body. Plain Python: no FastAPI, no Ray.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -50,8 +51,39 @@ class UpstreamFailed(ApiError):
 
 
 class Unavailable(ApiError):
-    """The model's replicas could not generate (an engine failure, replicas that kept dying)."""
+    """The model's replicas could not generate (an engine failure, replicas that kept dying), the
+    on-demand engines are all busy, or the job store cannot be opened. `retry_after`: seconds a
+    client should wait before trying again (the Retry-After header), when that is known."""
+
+    def __init__(self, detail: str, retry_after: int | None = None):
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class Timeout(ApiError):
     """Loading the dataset took longer than `serve.load_timeout_s`."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_WHERE = re.compile(r"\s*\((?:pid|ip|node)=[^)]*\)|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def describe(err: BaseException, limit: int = 300) -> str:
+    """`Type: message` of what went wrong, in one line a client may read: the exception raised in
+    the replica or actor rather than Ray's wrapper (`RayTaskError.cause`), and never a traceback,
+    terminal colour codes, a process id or an address."""
+    seen = set()
+    while getattr(err, "cause", None) is not None and isinstance(err.cause, BaseException) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.cause
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    # An actor that died in its constructor reports the traceback as text: its last `Type: message`.
+    raised = [m for m in map(_RAISED.match, lines) if m]
+    name = type(err).__name__
+    if raised and ("Traceback" in str(err) or name.startswith(("RayTaskError", "ActorDied", "RayActorError"))):
+        name, message = raised[-1].group(1).rsplit(".", 1)[-1], raised[-1].group(2)
+    else:
+        message = lines[0] if lines else ""
+    text = f"{name}: {_WHERE.sub('', message)}".strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

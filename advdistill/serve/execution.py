@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from advdistill.evaluation.evaluator import score_predictions
 from advdistill.evaluation.metrics import summarize_predictions
 from advdistill.serve.catalog import OffLoop, Served
-from advdistill.serve.errors import ApiError, Invalid, Unavailable
+from advdistill.serve.errors import ApiError, Invalid, Unavailable, describe
 from advdistill.serve.planning import Plan
 from advdistill.serve.schemas import MAX_ERRORS_SHOWN, EvaluateResponse, excerpt, issue
 
@@ -26,6 +26,8 @@ async def on_live_replica(call: Callable[[], Awaitable[T]], what: str = "") -> T
     died; Unavailable after REPLICA_ATTEMPTS tries. `what` ends the message ("on one chunk")."""
     from ray.exceptions import ActorUnavailableError, RayActorError  # Ray only once a replica is called
 
+    from ray.exceptions import RayTaskError
+
     for attempt in range(1, REPLICA_ATTEMPTS + 1):
         try:
             return await call()
@@ -33,6 +35,10 @@ async def on_live_replica(call: Callable[[], Awaitable[T]], what: str = "") -> T
             # Serve starts another replica and the handle routes the next try to it.
             if attempt == REPLICA_ATTEMPTS:
                 raise Unavailable(f"the model's replicas failed {attempt} times{what}") from None
+        except RayTaskError as err:
+            if isinstance(err.cause, ApiError):  # the replica's own answer (a checkpoint that does not load,
+                raise err.cause from None        # engines all busy): as it raised it
+            raise
     raise AssertionError("unreachable")
 
 
@@ -57,7 +63,7 @@ async def evaluate(plan: Plan, batch_size: int, off_loop: OffLoop, progress: Pro
     if failed:
         if all(c["client"] for c in failed):
             raise Invalid([issue(["body"], failed[0]["error"])])
-        raise Unavailable(f"generation failed: {excerpt(failed[0]['error'], 300)}")
+        raise Unavailable(f"generation failed: {excerpt(failed[0]['error'], 300)}", retry_after=10)
     generated = [row for chunk in chunks for row in chunk["rows"]]
     predictions = await off_loop(score_predictions, generated)
     metrics = summarize_predictions(predictions, group_by=plan.group_by)
@@ -76,6 +82,7 @@ async def complete(served: Served, prompts: list[str], params: dict[str, Any],
     except ApiError:
         raise
     except ValueError as err:  # the engine refused the request (vLLM's own validation)
-        raise Invalid([issue(["body"], str(err))]) from None
+        raise Invalid([issue(["body"], describe(err).partition(": ")[2])]) from None
     except Exception as err:  # noqa: BLE001 - an engine failure is the server's, never a bare 500
-        raise Unavailable(f"generation failed: {excerpt(f'{type(err).__name__}: {err}', 300)}") from None
+        # describe: the engine's own error in one line, never Ray's traceback, PID or address
+        raise Unavailable(f"generation failed: {describe(err)}", retry_after=10) from None

@@ -3,6 +3,7 @@ token first, then the body size. Plain ASGI: no Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Callable, NamedTuple
@@ -21,11 +22,14 @@ PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc"
 class GuardSettings(NamedTuple):
     token: str | None  # None: no authentication
     max_body_bytes: int  # serve.max_body_bytes
+    body_timeout_s: float = 30.0  # serve.body_timeout_s
 
 
 class RequestGuard:
     """ASGI middleware, before FastAPI reads anything: the bearer token (401), then the body size
-    (413 from Content-Length, or while the body arrives); the body is then handed on as read.
+    (413 from Content-Length, or while the body arrives) and the time it takes to arrive (408
+    after `body_timeout_s`: a trickled body does not hold a request open); the body is then handed
+    on as read.
     `settings()` gives the token and the limit of the replica answering (the app is built before
     any replica exists, so they are read per request)."""
 
@@ -35,7 +39,7 @@ class RequestGuard:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        token, max_bytes = self.settings()
+        token, max_bytes, body_timeout_s = self.settings()
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
         root = scope.get("root_path", "")  # an app under a route prefix: ASGI's path includes it
@@ -55,8 +59,13 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         # Read the body here, counting, so an over-long chunked body is refused as it arrives.
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                return await _respond(send, *_error(408, f"the request body did not arrive within {body_timeout_s:g} s "
+                                                         "(serve.body_timeout_s)", {"Connection": "close"}))
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -40,11 +40,17 @@ def is_hidden(name: str) -> bool:
 
 
 def requested_path(root: str, candidate: str) -> Path | Location | None:
-    """What a request's path names: inside `root` and not hidden; None otherwise (the caller
-    answers 404, never reads it)."""
+    """What a request's path names: inside `root` and not hidden — as written and once resolved
+    (a symlink `runs/m` → `.hidden/m` is hidden); None otherwise (the caller answers 404, never
+    reads it)."""
     if is_hidden(candidate):
         return None
-    return under_root(root, candidate.strip("/") if is_uri(root) else candidate)
+    if is_uri(root):  # an object store has no symlinks: the name is the path
+        return under_root(root, candidate.strip("/"))
+    path = under_root(root, candidate)
+    if path is None or is_hidden(str(path.relative_to(Path(root).resolve()))):
+        return None
+    return path
 
 
 def is_file(path: Path) -> bool:

@@ -199,6 +199,32 @@ def as_text(tokenizer: Any, prompts: list[str | list[int]]) -> list[str]:
     return [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
 
 
+def check_chars(texts: list[str], limits: ServeConfig) -> None:
+    """413 for more prompt text than `serve.max_request_chars`, counted before anything is
+    tokenized (6.4 MB of prompts took a minute to tokenize only to be refused)."""
+    total = sum(len(t) for t in texts if isinstance(t, str))  # token ids need no tokenizing
+    if total > limits.max_request_chars:
+        raise TooLarge(f"{total} characters of prompt text exceed the limit of {limits.max_request_chars} "
+                       "(serve.max_request_chars)")
+
+
+def control_tokens(tokenizer: Any) -> list[str]:
+    """The texts of the tokenizer's special tokens (`<|im_start|>`, `<|im_end|>`, ...): written in
+    a message, the chat template's output would hold them as real role markers."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({t.content for t in added.values() if getattr(t, "special", False) and t.content})
+
+
+def check_no_control_tokens(contents: list[str], tokenizer: Any) -> None:
+    """422 naming each chat message whose content holds special-token text: refused, not escaped
+    (any escape changes what the model reads; a client that means the text can say so otherwise)."""
+    tokens = control_tokens(tokenizer) if tokenizer is not None else []
+    found = [(i, next(t for t in tokens if t in c)) for i, c in enumerate(contents) if any(t in c for t in tokens)]
+    if found:
+        raise Invalid([issue(["body", "messages", i, "content"], f"holds the special-token text {token!r}, which "
+                             "would become a real role marker in the prompt: remove it") for i, token in found])
+
+
 def openai_params(body: CompletionRequest | ChatCompletionRequest, max_tokens: int, prompts: int,
                   limits: ServeConfig, logprobs: int | None = None, prompt_logprobs: int | None = None
                   ) -> dict[str, Any]:
@@ -233,6 +259,7 @@ class Planner:
         check_max_tokens(max_tokens, limits)
         if body.items is not None:
             check_count(len(body.items), f"{len(body.items)} items exceed", limits)
+            check_chars([t for item in body.items for t in (item.question, *(item.choices or []))], limits)
             records, group_by, quarantined = item_records(body.items), None, []
         else:
             records, quarantined = await self._dataset(body.dataset)
@@ -265,6 +292,7 @@ class Planner:
         # echo with logprobs: the prompt's tokens' log-probs too (lm-eval's loglikelihood requests).
         params = openai_params(body, body.max_tokens or OPENAI_DEFAULT_MAX_TOKENS, len(body.prompt), self.cfg.serve,
                                logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None)
+        check_chars(body.prompt, self.cfg.serve)
         plan = await self._counted(served, body.prompt, params, "prompt")
         if not body.echo:
             return plan
@@ -277,6 +305,8 @@ class Planner:
         max_tokens = body.max_completion_tokens or body.max_tokens or self.cfg.eval.max_tokens
         params = openai_params(body, max_tokens, 1, self.cfg.serve,
                                logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+        check_chars([m.content for m in body.messages], self.cfg.serve)
+        check_no_control_tokens([m.content for m in body.messages], served.tokenizer)
         # The same rendering as every other prompt of the project (`prompts.render_prompt`: the
         # model's chat template, or a plain transcript for a tokenizer without one).
         messages = [m.model_dump(exclude={"name"}) for m in body.messages]

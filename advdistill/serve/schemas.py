@@ -265,12 +265,16 @@ class ValidationErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a body that cannot be read as JSON at all, or a bad Content-Length"},
     401: {"model": ErrorBody, "description": "missing or invalid bearer token (checked before the body is read)"},
+    408: {"model": ErrorBody, "description": "the body did not arrive within serve.body_timeout_s"},
     404: {"model": ErrorBody, "description": "unknown model, or a dataset file not found inside the data root"},
-    413: {"model": ErrorBody, "description": "over a limit: body size, items, max_tokens, dataset limit or file size"},
+    413: {"model": ErrorBody, "description": "over a limit: body size, items, prompt characters, max_tokens, dataset "
+                                             "limit or file size"},
     422: {"model": ValidationErrorBody, "description": "the field at fault (loc) and why; at most a short excerpt "
                                                       "of the input"},
     502: {"model": ErrorBody, "description": "the hub could not be reached (only with serve.allow_hub)"},
-    503: {"model": ErrorBody, "description": "the model server could not generate (an engine failure)"},
+    503: {"model": ErrorBody, "description": "the model server could not generate (an engine failure), the "
+                                             "on-demand engines are all busy (Retry-After), or the job store is "
+                                             "unavailable"},
     504: {"model": ErrorBody, "description": "loading the dataset took longer than serve.load_timeout_s"},
 }
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: ERROR_RESPONSES[401]}

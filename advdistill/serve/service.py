@@ -37,13 +37,13 @@ class EvaluationService:
         # while any request is served.
         self.pool = ThreadPoolExecutor(max_workers=OFF_LOOP_THREADS, thread_name_prefix="evaluate")
         self.catalog = Catalog(models, descriptions, tokenizers, cfg.serve.checkpoint_root, checkpoints,
-                               cfg.serve.max_models_per_replica, self.off_loop)
+                               cfg.serve.max_models_per_replica, self.off_loop, cfg.serve.load_failure_ttl_s)
         self.planner = Planner(cfg, self.catalog, self.off_loop)
         self.jobs = JobRunner(JobStore(cfg.serve.jobs_folder, cfg.serve.job_heartbeat_s, cfg.serve.job_attempts),
                               cfg.serve.max_concurrent_jobs, self.planner.evaluation, self.evaluate, self.off_loop)
 
     def guard_settings(self) -> GuardSettings:
-        return GuardSettings(self.token, self.cfg.serve.max_body_bytes)
+        return GuardSettings(self.token, self.cfg.serve.max_body_bytes, self.cfg.serve.body_timeout_s)
 
     async def off_loop(self, fn: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """`fn(*args, **kwargs)` in the thread pool; asyncio.TimeoutError after `timeout` s (the

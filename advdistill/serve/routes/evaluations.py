@@ -28,6 +28,7 @@ async def submit_evaluation(body: EvaluateRequest, service: Service) -> Evaluati
     """The same body as /evaluate; answers at once with a job to poll. Every check /evaluate
     makes happens here first, so a bad request is a 4xx now, not a failed job later."""
     plan = await service.planner.evaluation(body)
+    await service.jobs.check_store()  # a 503 now rather than a job whose state cannot be kept
     return EvaluationJob.model_validate(service.jobs.submit(body, plan))
 
 

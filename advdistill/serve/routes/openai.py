@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
+from advdistill.serve.errors import describe
 from advdistill.serve.execution import complete
 from advdistill.serve.openai_answers import (
     OPENAI_ERROR_RESPONSES,
@@ -32,7 +33,7 @@ from advdistill.serve.openai_answers import (
 from advdistill.serve.openai_compat import ChatCompletionRequest, CompletionRequest
 from advdistill.serve.planning import CompletionPlan
 from advdistill.serve.routes.dependencies import Service, authorized
-from advdistill.serve.schemas import MAX_NAME_CHARS, Text, excerpt
+from advdistill.serve.schemas import MAX_NAME_CHARS, Text
 
 router = APIRouter(dependencies=[Depends(authorized)])
 
@@ -99,7 +100,7 @@ def stream(plan: CompletionPlan, body: CompletionRequest | ChatCompletionRequest
                     if delta["finish_reason"]:
                         yield chunk(index, {}, delta["finish_reason"])
         except Exception as err:  # noqa: BLE001 - the status line is sent: report in the stream
-            yield sse({"error": {"message": excerpt(f"{type(err).__name__}: {err}", 300), "type": "server_error"}})
+            yield sse({"error": {"message": describe(err), "type": "server_error"}})  # no Ray traceback, PID or IP
             return
         if body.stream_options is not None and body.stream_options.include_usage:
             yield sse(usage_chunk(stream_id, created, model, "chat.completion.chunk" if chat else "text_completion",
