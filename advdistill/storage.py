@@ -221,11 +221,14 @@ def append_line(loc: PathLike, line: str) -> None:
 
 
 def remove_tree(loc: PathLike) -> None:
+    """Remove a file or a folder with everything in it (nothing if it does not exist)."""
     if isinstance(loc, Path):
         if loc.is_dir():
             shutil.rmtree(loc)
         elif loc.exists():
             loc.unlink()
+    elif loc.is_file():
+        loc.unlink()
     else:
         loc.rmtree()
 

@@ -5,7 +5,8 @@ dataset split through Ray Data (SPEC §7).
 
 Writes DIR/metrics.json and DIR/predictions.jsonl. Greedy decoding; zero-shot unless --few-shot
 (base models: pass the config's prompt.few_shot). Several splits (`--split test --split ood`)
-are evaluated in one pass, one engine start, into DIR/SPLIT/ each.
+are evaluated in one pass, one engine start, into DIR/SPLIT/ each. DIR holding another model's or
+split's evaluation is refused before Ray starts, naming what differs, unless --restart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from advdistill.cli import (check_dataset_flags, check_input_path, check_model_flag, check_output_dir,  # noqa: E402
                             load_from_args, make_parser)
 from advdistill.local_ray import init_ray  # noqa: E402
+from advdistill.rerun import RESTART_HELP  # noqa: E402
 from advdistill.tasks import task_names  # noqa: E402
 
 
@@ -31,11 +33,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, help="first N records only")
     parser.add_argument("--few-shot", type=int, default=0, help="exemplars in the prompt (base models: prompt.few_shot)")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--restart", action="store_true", help=RESTART_HELP)
     args = parser.parse_args(argv)
     cfg = load_from_args(args)
 
     from advdistill.config import DatasetConfig
-    from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
+    from advdistill.evaluation.evaluator import EvalOutput, claim_evaluation, evaluate_splits
 
     try:
         datasets = {split: DatasetConfig(name=args.dataset, split=split, path=args.path, limit=args.limit)
@@ -52,8 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
     from advdistill.storage import location
 
     outputs = {split: EvalOutput(location(args.output) / split if several else args.output) for split in datasets}
+    splits = {s: (d, outputs[s]) for s, d in datasets.items()}
+    try:  # before Ray starts: an output of an evaluation with other settings is one line
+        claim_evaluation(cfg, args.model, splits, few_shot=args.few_shot, restart=args.restart)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     init_ray()
-    metrics = evaluate_splits(cfg, args.model, {s: (d, outputs[s]) for s, d in datasets.items()}, few_shot=args.few_shot)
+    metrics = evaluate_splits(cfg, args.model, splits, few_shot=args.few_shot)
     shown = {s: {k: v for k, v in m.items() if not k.startswith("by_")} for s, m in metrics.items()}
     print(json.dumps(shown if several else shown[args.split[0]], indent=2))
     return metrics if several else metrics[args.split[0]]

@@ -4,7 +4,8 @@ on Ray Train with FSDP2 (SPEC §6).
     python ray_jobs/train.py --groups runs/curate --output runs/train-advdistill [--method advdistill|sft]
 
 Writes OUTPUT/checkpoints/ (sharded, resumable), OUTPUT/final/ (a transformers folder with the
-tokenizer) and OUTPUT/metrics.jsonl. Rerunning with the same --output resumes.
+tokenizer) and OUTPUT/metrics.jsonl. Rerunning with the same --output resumes; a rerun with other
+settings or other groups is refused before Ray starts, naming them, unless --restart.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from advdistill.cli import (check_input_path, check_inputs, check_model_flag, ch
                             load_from_args, make_parser)
 from advdistill.local_ray import init_ray  # noqa: E402
 from advdistill.methods import method_names  # noqa: E402
+from advdistill.rerun import RESTART_HELP  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "train.method_lr's for it, else train.lr")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # the old name: refused, naming the new one
     parser.add_argument("--student", help="student model, hub id or folder (default: the config's)")
+    parser.add_argument("--restart", action="store_true", help=RESTART_HELP)
     args = parser.parse_args(argv)
     if args.mode is not None:
         parser.error("--mode was renamed --method")
@@ -40,13 +43,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         check_model_flag("--student", args.student)
 
-    from advdistill.train.trainer import groups_folder, train
+    from advdistill.train.trainer import claim_training, train
 
-    # Before Ray starts: one-line errors naming the folder or file at fault.
+    # Before Ray starts: one-line errors naming the folder or file at fault (a shard without a
+    # footer, an id in two shards, an output of a run with other settings).
     check_output_dir(args.output)
     check_input_path(args.groups, "groups folder")
     try:
-        groups_folder(args.groups)
+        claim_training(cfg, args.groups, args.output, student=args.student, restart=args.restart)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     init_ray()

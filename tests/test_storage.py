@@ -280,6 +280,32 @@ def test_a_local_groups_folder_loads_with_hf_datasets(tmp_path, tiny_tokenizer, 
     assert row["responses"] == expected["responses"] and row["advantages"] == pytest.approx(expected["advantages"])
 
 
+def test_a_training_folder_on_a_uri_is_fingerprinted_refused_and_restarted(root, tmp_path, tiny_tokenizer, tiny_cfg):
+    """issue 30.2 on a bucket: the groups opened and fingerprinted through the storage layer, a
+    rerun with other settings refused naming them, `restart` removing only training's objects."""
+    from advdistill.config import with_overrides
+    from advdistill.rerun import RerunMismatch
+    from advdistill.train.trainer import TrainOutput, claim_training
+
+    groups = root / "curate" / "groups"
+    storage.copy_tree(CurateOutput(write_groups(tmp_path / "curate", tiny_tokenizer, tiny_cfg, n=8)).groups, groups)
+    out, table, _ = claim_training(tiny_cfg, groups.uri, (root / "train").uri, student=str(TINY_STUDENT), pages=True)
+    assert isinstance(out.folder, Location) and table.identity["rows"] == 8
+    assert json.loads((out.folder / "fingerprint.json").read_text())["fields"]["input.groups.rows"] == 8
+    (out.checkpoints / "checkpoint_0").mkdir(parents=True, exist_ok=True)
+    (out.checkpoints / "checkpoint_0" / "trainer_state.json").write_text("{}")
+    out.result.write_text("{}")
+    (out.folder / "notes.txt").write_text("mine")
+    claim_training(tiny_cfg, groups.uri, out.folder.uri, student=str(TINY_STUDENT))  # the same: resumes
+    other = with_overrides(tiny_cfg, {"train.lr": 1e-2})
+    with pytest.raises(RerunMismatch, match="train.lr: 0.0003 → 0.01"):
+        claim_training(other, groups.uri, out.folder.uri, student=str(TINY_STUDENT))
+    assert out.result.is_file()
+    claim_training(other, groups.uri, out.folder.uri, student=str(TINY_STUDENT), restart=True)
+    assert not out.result.exists() and not (out.checkpoints / "checkpoint_0" / "trainer_state.json").exists()
+    assert (out.folder / "notes.txt").read_text() == "mine"
+
+
 def test_entry_point_path_checks_probe_a_uri_on_its_store(root, tmp_path):
     """`--output s3://…` is checked on the bucket (a probe object, removed again), never as a
     local folder named `s3:`; a missing input on a URI is the same one-line error as on disk."""

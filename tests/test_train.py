@@ -87,6 +87,7 @@ def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_c
     [[completion]] = engine.generate(["<|im_start|>user\nTom has 3 apples. He buys 2 more. How many apples does Tom "
                                       "have now?<|im_end|>\n<|im_start|>assistant\n"], GenerationParams(max_tokens=64))
     assert completion.num_tokens > 0 and completion.text
+    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed"])
@@ -128,6 +129,36 @@ def test_injected_failure_resumes_to_the_same_parameters(advdistill_run, ray_clu
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 7))  # no step twice, none lost
     starts = [m["resumed_from"] for m in read_metrics(tmp_path)]  # where each step's worker group began
     assert starts[0] == 0 and 0 < starts[-1] < 5 and starts == sorted(starts)
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    uninterrupted = AutoModelForCausalLM.from_pretrained(reference / "final").state_dict()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_torn_checkpoint_snapshot_resumes_from_the_newest_complete_checkpoint(advdistill_run, ray_cluster, groups,
+                                                                                tmp_path, monkeypatch, capsys):
+    """A run stopped at step 5 (checkpoints at 2 and 4), then Ray Train's
+    checkpoint_manager_snapshot.json cut mid-file as a killed in-place write leaves it: the rerun
+    (max_failures may change on resume) sets the torn file aside, resumes from the step-4
+    checkpoint folder and ends with the uninterrupted run's parameters."""
+    from advdistill.train.recovery import SNAPSHOT
+
+    reference, _, cfg = advdistill_run
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "5")
+    with pytest.raises(Exception, match="injected failure at step 5"):
+        train(with_overrides(cfg, {"train.max_failures": 0}), groups, tmp_path)
+    monkeypatch.delenv(FAIL_AT_STEP_ENV)
+    snapshot = tmp_path / "checkpoints" / SNAPSHOT
+    whole = snapshot.read_bytes()
+    snapshot.write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+
+    metrics = train(cfg, groups, tmp_path)
+    assert "resuming from the newest complete checkpoint folder" in capsys.readouterr().out
+    assert (tmp_path / "checkpoints" / f"{SNAPSHOT}.broken-1").read_bytes() == whole[: len(whole) // 2]
+    assert metrics["step"] == 6
+    history = read_metrics(tmp_path)
+    assert [m["step"] for m in history] == list(range(1, 7)) and history[-1]["resumed_from"] == 4
     resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
     uninterrupted = AutoModelForCausalLM.from_pretrained(reference / "final").state_dict()
     for name, value in uninterrupted.items():

@@ -28,14 +28,14 @@ import numpy as np
 import pyarrow.compute as pc
 
 from advdistill.config import ExperimentConfig, dump_config
-from advdistill.curate.store import CurateOutput, read_shards, write_scored_batch
+from advdistill.curate.store import CurateOutput, claim_curation, read_shards, write_scored_batch
 from advdistill.data.loaders import load_records
 from advdistill.generation.base import GenerationParams
 from advdistill.generation.ledger import Held, Ledger
 from advdistill.generation.pool import actor_pool
 from advdistill.generation.ray_stage import USAGE, check_context, generate_and_score
 from advdistill.schema import CuratedGroup, GeneratedGroup, Record, arrow_schema, columns
-from advdistill.storage import resolved, uri
+from advdistill.storage import uri
 from advdistill.scoring import score_group
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,11 @@ def score_curated(row: GeneratedGroup, cfg: ExperimentConfig) -> CuratedGroup:
     return {**row, **scored, "teacher": cfg.teacher, "sampling": json.dumps(cfg.curate.sampling.model_dump())}
 
 
-def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = None) -> dict[str, Any]:
-    """Run (or continue) curation into `output`; returns the summary (also `summary.json`)."""
-    out = CurateOutput(resolved(output))
-    out.folder.mkdir(parents=True, exist_ok=True)
+def curate(cfg: ExperimentConfig, output: str | Path, *, few_shot: int | None = None,
+           restart: bool = False) -> dict[str, Any]:
+    """Run (or continue) curation into `output`; returns the summary (also `summary.json`). An
+    output of another curation is refused before anything runs, unless `restart` (`claim_curation`)."""
+    out = claim_curation(cfg, output, few_shot, restart=restart)
     out.config.write_text(dump_config(cfg))
     few_shot = cfg.prompt.few_shot if few_shot is None else few_shot
     started = time.time()

@@ -7,6 +7,7 @@
                                requests and billed tokens, summed over the groups), histograms
     OUTPUT/runs.jsonl          one line per run into this folder (what it generated, how long)
     OUTPUT/config.yaml         the resolved config
+    OUTPUT/fingerprint.json    what defines this output: a rerun with other settings is refused (`advdistill.rerun`)
 
 OUTPUT is a local folder or a URI (`s3://bucket/run/curate`, `advdistill.storage`): the shards are
 written by the Ray Data pipeline itself, on whichever node scores a batch (`write_scored_batch`,
@@ -22,14 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from advdistill.config import ExperimentConfig
+from advdistill.fingerprint import curate_fingerprint
+from advdistill.rerun import claim
 from advdistill.schema import CuratedGroup, arrow_schema
-from advdistill.storage import PathLike, append_line, filesystem, location, write_atomic
+from advdistill.storage import PathLike, append_line, filesystem, location, resolved, write_atomic
 
 
 def shard_name(ids: list[str]) -> str:
@@ -45,7 +50,10 @@ def write_shard(folder: str | PathLike, table: pa.Table) -> PathLike | None:
     folder = location(folder)
     path = folder / shard_name(table.column("id").to_pylist())
     sink = pa.BufferOutputStream()
-    pq.write_table(table.select(arrow_schema(CuratedGroup).names).cast(arrow_schema(CuratedGroup)), sink)
+    # Page checksums: a corrupted page is an error when read with verification (training does),
+    # not silently wrong text.
+    pq.write_table(table.select(arrow_schema(CuratedGroup).names).cast(arrow_schema(CuratedGroup)), sink,
+                   write_page_checksum=True)
     write_atomic(path, sink.getvalue().to_pybytes())
     return path
 
@@ -53,6 +61,86 @@ def write_shard(folder: str | PathLike, table: pa.Table) -> PathLike | None:
 def shard_files(folder: str | PathLike) -> list[PathLike]:
     folder = location(folder)
     return sorted(folder.glob("*.parquet"), key=lambda p: p.name) if folder.is_dir() else []
+
+
+class BadShard(ValueError):
+    """A groups file that is not a readable Parquet file (truncated, corrupted); names it."""
+
+
+class DuplicateGroups(ValueError):
+    """The same group id in two shards of one folder (two curation runs wrote into it); names both."""
+
+
+@dataclass(frozen=True)
+class GroupsTable:
+    """A folder of shards, opened: every footer read, every id seen once."""
+
+    folder: PathLike
+    files: list[PathLike]
+    rows: list[int]
+    sizes: list[int]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a run that trains on it is fingerprinted by (`advdistill.fingerprint`): the shards'
+        names, rows and bytes (a shard's name is a hash of its ids)."""
+        listing = [[f.name, n, b] for f, n, b in zip(self.files, self.rows, self.sizes)]
+        return {"shards": len(self.files), "rows": sum(self.rows),
+                "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]}
+
+
+def _unreadable(path: PathLike, err: Exception) -> BadShard:
+    return BadShard(f"groups file {path} is not a readable Parquet file ({type(err).__name__}: {str(err)[:200]}); "
+                    "remove or regenerate it (a rerun of curation rewrites missing shards)")
+
+
+def open_groups(folder: str | PathLike, *, pages: bool = False) -> GroupsTable:
+    """Every shard's footer and ids, read before any worker starts: a shard without a readable
+    footer is `BadShard` naming it; an id in two shards is `DuplicateGroups` naming both (a stated
+    choice over de-duplicating: the two copies may come from different teachers or settings).
+    `pages`: every page read too, checksums verified (`verify_pages`)."""
+    files, rows, sizes, seen = shard_files(folder), [], [], {}
+    duplicates: list[tuple[str, str, str]] = []
+    for path in files:
+        try:
+            fs, fs_path = filesystem(path)
+            with fs.open_input_file(fs_path) as handle:
+                shard = pq.ParquetFile(handle)
+                rows.append(shard.metadata.num_rows)
+                sizes.append(handle.size())
+                ids = shard.read(columns=["id"]).column("id").to_pylist()
+        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError, a missing column: all mean the same here
+            raise _unreadable(path, err) from None
+        for group_id in ids:
+            if group_id in seen:
+                duplicates.append((group_id, seen[group_id], path.name))
+            else:
+                seen[group_id] = path.name
+    if duplicates:
+        group_id, first, second = duplicates[0]
+        raise DuplicateGroups(
+            f"group id {group_id!r} is in two shards of {location(folder)}: {first} and {second} ({len(duplicates)} "
+            "ids are in more than one shard: two curation runs wrote into this folder?); keep one run's shards "
+            "(move the others out) or curate again into a new folder")
+    if pages:
+        verify_pages(files)
+    return GroupsTable(location(folder), files, rows, sizes)
+
+
+def verify_pages(files: list[PathLike]) -> None:
+    """Read every page of every shard, streamed, with the page checksums verified (shards carry
+    them since `write_shard` writes them; older ones are only decoded): `BadShard` naming the
+    first that does not read back. A corrupt page a footer cannot reveal is found here, before
+    training, rather than inside Ray Data (whose error names no file and, in Ray 2.60's reader,
+    skips the checksums) or not at all (a flipped bit that still decodes)."""
+    for path in files:
+        try:
+            fs, fs_path = filesystem(path)
+            with fs.open_input_file(fs_path) as handle:
+                for _ in pq.ParquetFile(handle, page_checksum_verification=True).iter_batches(batch_size=256):
+                    pass
+        except Exception as err:  # noqa: BLE001 - see open_groups
+            raise _unreadable(path, err) from None
 
 
 def read_shards(folder: str | PathLike, columns: list[str] | None = None) -> pa.Table | None:
@@ -88,6 +176,11 @@ class CurateOutput:
         self.runs = self.folder / "runs.jsonl"
         self.config = self.folder / "config.yaml"
 
+    def owned(self) -> list[PathLike]:
+        """What a curation run writes here (what `--restart` removes, `advdistill.rerun`)."""
+        card = self.folder / "README.md"  # the dataset card curate.py and distill.py write (advdistill.cards)
+        return [self.groups, self.dropped, self.quarantine, self.summary, self.runs, self.config, card]
+
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
 
@@ -120,3 +213,14 @@ class CurateOutput:
         if not self.runs.is_file():
             return []
         return [json.loads(line) for line in self.runs.read_text().splitlines() if line.strip()]
+
+
+def claim_curation(cfg: ExperimentConfig, output: str | PathLike, few_shot: int | None = None, *,
+                   restart: bool = False) -> CurateOutput:
+    """Make `output` this curation's before anything is generated (`advdistill.rerun`): the same
+    teacher, dataset, sampling, scoring and prompts continue it; others are refused, naming the
+    fields, unless `restart`."""
+    out = CurateOutput(resolved(output))
+    few_shot = cfg.prompt.few_shot if few_shot is None else few_shot
+    claim(out.folder, curate_fingerprint(cfg, few_shot), out.owned, restart=restart)
+    return out

@@ -17,11 +17,13 @@ from typing import Any
 from advdistill.config import DatasetConfig, ExperimentConfig
 from advdistill.data.loaders import load_records
 from advdistill.evaluation.metrics import summarize_predictions
+from advdistill.fingerprint import eval_fingerprint
 from advdistill.generation.base import GenerationParams
 from advdistill.generation.ledger import Ledger
 from advdistill.generation.pool import actor_pool
 from advdistill.generation.ray_stage import generate_and_score
 from advdistill.schema import GeneratedGroup, Prediction, prediction_schema
+from advdistill.rerun import claim
 from advdistill.scoring import judge
 from advdistill.storage import location
 from advdistill.tasks import breakdown_fields, get_task, record_cluster
@@ -37,6 +39,10 @@ class EvalOutput:
 
     def is_complete(self) -> bool:
         return self.metrics.is_file()
+
+    def owned(self) -> list:
+        """What an evaluation writes here (what `--restart` removes, `advdistill.rerun`)."""
+        return [self.metrics, self.predictions]
 
     def write(self, metrics: dict[str, Any], predictions: list[Prediction]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -67,10 +73,20 @@ def _score_with_split(row: dict[str, Any]) -> dict[str, Any]:
     return {**score_prediction(row), "split": row["split"]}
 
 
+def claim_evaluation(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[DatasetConfig, EvalOutput]], *,
+                     few_shot: int = 0, restart: bool = False) -> None:
+    """Make each split's output this evaluation's before anything runs (`advdistill.rerun`): the
+    same model, dataset, prompts and decoding continue; others are refused, naming the fields,
+    unless `restart`."""
+    for dataset, output in splits.values():
+        claim(output.folder, eval_fingerprint(cfg, model, dataset, few_shot), output.owned, restart=restart)
+
+
 def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[DatasetConfig, EvalOutput]], *,
-                    few_shot: int = 0) -> dict[str, dict[str, Any]]:
+                    few_shot: int = 0, restart: bool = False) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on several splits in one pass (one engine start): {label: (dataset,
     output)} → {label: metrics}; each output gets metrics.json and predictions.jsonl."""
+    claim_evaluation(cfg, model, splits, few_shot=few_shot, restart=restart)
     pool = actor_pool(cfg.eval.resources, cfg.eval.engine, "eval")  # before loading: a bad pool fails at once
     records, quarantined = [], {}
     for label, (dataset, _) in splits.items():
@@ -112,6 +128,8 @@ def evaluate_splits(cfg: ExperimentConfig, model: str, splits: dict[str, tuple[D
     return results
 
 
-def evaluate(cfg: ExperimentConfig, model: str, dataset: DatasetConfig, output: str | Path, *, few_shot: int = 0) -> dict[str, Any]:
+def evaluate(cfg: ExperimentConfig, model: str, dataset: DatasetConfig, output: str | Path, *, few_shot: int = 0,
+             restart: bool = False) -> dict[str, Any]:
     """Evaluate `model` on one dataset split; returns the metrics (also in OUTPUT/metrics.json)."""
-    return evaluate_splits(cfg, model, {"split": (dataset, EvalOutput(output))}, few_shot=few_shot)["split"]
+    return evaluate_splits(cfg, model, {"split": (dataset, EvalOutput(output))}, few_shot=few_shot,
+                           restart=restart)["split"]

@@ -6,6 +6,7 @@
     OUTPUT/train-NAME/          a training run    (`train.trainer.TrainOutput`)
     OUTPUT/eval/MODEL-SPLIT/    an evaluation     (`evaluation.evaluator.EvalOutput`)
     OUTPUT/report/              report.md and its figures
+    OUTPUT/fingerprint.json     what defines the run: a rerun with other settings is refused (`advdistill.rerun`)
 
 Each stage's output object lives beside the code that writes it and says whether the stage
 finished (`is_complete()`); this one only names the folders. OUTPUT is a local folder or a URI
@@ -48,3 +49,10 @@ class RunLayout:
 
     def eval(self, model: str, split: str) -> EvalOutput:
         return EvalOutput(self.root / "eval" / f"{model}-{split}")
+
+    def owned(self) -> list[PathLike]:
+        """What a distill.py run writes here (what `--restart` removes, `advdistill.rerun`): its
+        files and its stages' folders. An MLflow file store (`mlruns/`) stays: earlier runs are
+        history there, and the restarted run is a new MLflow run beside them."""
+        return [self.config, self.manifest, self.report, self.curate.folder, self.root / "eval",
+                *(t.folder for t in self.trainings().values())]

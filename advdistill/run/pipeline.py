@@ -20,12 +20,15 @@ from advdistill.cards import configured_name
 from advdistill.config import DatasetConfig, ExperimentConfig, ResourcesConfig, dump_config, with_overrides
 from advdistill.curate.stage import curate
 from advdistill.evaluation.evaluator import EvalOutput, evaluate_splits
+from advdistill.fingerprint import run_fingerprint
 from advdistill.generation.pool import check_pools
 from advdistill.report import write_report
+from advdistill.rerun import claim
 from advdistill.run.folders import RunLayout, split_label
 from advdistill.run.placement import GENERATION, SERVE_REPLICA, TRAIN_WORKER, actor_nodes, cluster_nodes, now_ms
 from advdistill.run.publish import write_run_cards
 from advdistill.run.tracking import NoTracking, RunTracker, numbers, open_tracking
+from advdistill.serve.auth import TOKEN_FILE, auth_line, is_loopback, stored_token
 from advdistill.storage import PathLike, is_uri, resolved
 from advdistill.train.trainer import TrainOutput, train
 
@@ -186,11 +189,19 @@ def _evaluate(cfg: ExperimentConfig, model: Evaluated, splits: dict[str, tuple[D
             "accelerator_hours": round(sum(m.get("accelerator_seconds", 0.0) for m in metrics.values()) / 3600, 4)}
 
 
-def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False) -> dict[str, Any]:
+def claim_run(cfg: ExperimentConfig, output: str | Path, *, restart: bool = False) -> RunLayout:
+    """Make `output` this run's before Ray starts (`advdistill.rerun`): a rerun with the same
+    settings continues it; other settings are refused, naming the fields, unless `restart`
+    (every stage starts over). Each stage checks its own folder again when it starts."""
+    layout = RunLayout(resolved(output))
+    claim(layout.root, run_fingerprint(cfg), layout.owned, restart=restart)
+    return layout
+
+
+def run(cfg: ExperimentConfig, output: str | Path, *, serve: bool = False, restart: bool = False) -> dict[str, Any]:
     import ray  # Ray: the driver's cluster, not needed to import the run's helpers
 
-    layout = RunLayout(resolved(output))
-    layout.root.mkdir(parents=True, exist_ok=True)
+    layout = claim_run(cfg, output, restart=restart)
     layout.config.write_text(dump_config(cfg))
     manifest = RunManifest(layout.manifest, cfg)
     tracker = manifest.tracker = open_tracking(cfg, layout.root, manifest.data["tracking"])
@@ -265,43 +276,62 @@ def tracked_evaluation(model: Evaluated, splits: dict[str, tuple[DatasetConfig, 
         metrics.update(numbers(json.loads(out.metrics.read_text()), prefix=f"{label}/"))
     return Tracked(metrics=metrics, params={"model": _local(model.path), "few_shot": model.few_shot},
                    artifacts=[out.metrics for _, out in splits.values()])
-def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str], base: dict[str, bool],
-                 manifest: RunManifest | None = None) -> None:
-    """Serve the run's checkpoints behind the evaluation API until interrupted: the local model
-    folders of a local run; the trained models of a run on a URI, each replica fetching its
-    model to its own node (`storage.local_model`). Replicas ask for `serve.custom_resources`."""
+def serving_args(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str], base: dict[str, bool],
+                 token_file: Path | None = None) -> dict[str, Any]:
+    """`build_app`'s arguments for a run's models (`serve_models`), secure by default: the
+    checkpoint root is the run folder (a request names nothing outside it; a base model outside it
+    is served as configured, by its absolute path), on-demand loading stays off unless
+    `serve.on_demand` asks for it, and on an address other than loopback without a token
+    (`serve.token_env`) one is made and stored where only its owner reads it (`token_file`)."""
     import os
     import tempfile
 
-    import ray
-    from ray import serve  # Ray Serve and FastAPI: loaded only when a run is served
-
-    from advdistill.serve.app import build_app  # the API (Ray Serve, FastAPI): only when a run is served
-
-    # A GPU per model where the cluster has them; tiny CPU models share the cores.
-    options: dict[str, Any] = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) else {"num_cpus": 0.5}
-    if cfg.serve.custom_resources:
-        options["resources"] = dict(cfg.serve.custom_resources)
+    options: dict[str, Any] = {"num_cpus": 0.5}  # tiny CPU models share the cores; build_app adds GPUs
+    root = str(layout.root) if is_uri(layout.root) else str(Path(layout.root).resolve())
     if is_uri(layout.root):
-        root = str(layout.root)
         relative = {name: p[len(root) + 1:] for name, p in paths.items() if is_uri(p) and p.startswith(root + "/")}
-        left_out = sorted(set(paths) - set(relative))
-        if left_out:
-            print(f"[distill] not served (not under {root}): {left_out}", flush=True)
         # The builder reads a local YAML; the replicas get the config itself, not the file.
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="advdistill-serve-", delete=False) as handle:
             handle.write(dump_config(cfg))
         config_path = handle.name
     else:
-        local = {name: str(Path(p).resolve()) for name, p in paths.items() if Path(p).is_dir()}
-        root = os.path.commonpath(list(local.values()))
-        relative = {name: os.path.relpath(p, root) for name, p in local.items()}
+        local = {name: Path(p).resolve() for name, p in paths.items() if Path(p).is_dir()}
+        # inside the run folder: relative to it; a base model elsewhere: by its absolute path
+        relative = {name: (os.path.relpath(p, root) if p.is_relative_to(root) else str(p)) for name, p in local.items()}
         config_path = str(layout.config)
-    models = [{"name": name, "path": rel, "base_model": base[name], "ray_actor_options": options}
-              for name, rel in relative.items()]
+    left_out = sorted(set(paths) - set(relative))
+    if left_out:
+        print(f"[distill] not served (not a model folder here, or outside {root}): {left_out}", flush=True)
+    token_env, api_options = cfg.serve.token_env, None
+    token = os.environ.get(token_env) or None
+    if token is None and not is_loopback(cfg.serve.host):
+        token, where = stored_token(token_file or TOKEN_FILE)
+        print(f"[distill] {cfg.serve.host} is not a loopback address: the API takes the bearer token stored in "
+              f"{where} (Authorization: Bearer $(cat {where}))", flush=True)
+    if token is not None:  # the ingress replica's environment, by name (replicas do not inherit the driver's)
+        api_options = {"runtime_env": {"env_vars": {token_env: token}}}
+    print(f"[distill] {auth_line(cfg.serve.host, token, token_env)}", flush=True)
+    return {"config": config_path, "checkpoint_root": root, "api_ray_actor_options": api_options,
+            "models": [{"name": name, "path": rel, "base_model": base[name], "ray_actor_options": options}
+                       for name, rel in relative.items()]}
+
+
+def serve_models(cfg: ExperimentConfig, layout: RunLayout, paths: dict[str, str], base: dict[str, bool],
+                 manifest: RunManifest | None = None) -> None:
+    """Serve the run's checkpoints behind the evaluation API until interrupted (`serving_args`):
+    the local model folders of a local run; the trained models of a run on a URI, each replica
+    fetching its model to its own node (`storage.local_model`). Replicas ask for
+    `serve.custom_resources` and, where the cluster has GPUs, `serve.gpus_per_replica`
+    (`serve.capacity`: an infeasible plan fails before anything starts)."""
+    from ray import serve  # Ray Serve and FastAPI: loaded only when a run is served
+
+    from advdistill.serve.app import build_app  # the API (Ray Serve, FastAPI): only when a run is served
+
+    args = serving_args(cfg, layout, paths, base)
+    relative = {m["name"]: m["path"] for m in args["models"]}
+    app = build_app(args)  # a GPU plan the cluster cannot place fails here, before Serve starts
     since = now_ms()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    app = build_app({"config": config_path, "models": models, "checkpoint_root": root})
     serve.run(app, name="advdistill", route_prefix="/")
     if manifest is not None:
         manifest.data["serve"] = {"models": sorted(relative), "http": f"{cfg.serve.host}:{cfg.serve.port}",

@@ -213,6 +213,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     global_step, history, resumed = 0, [], False
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("recovered_checkpoint"):
+        # Ray Train's snapshot was broken (train.recovery): the newest complete checkpoint folder,
+        # until this run reports one of its own (a restarted worker group then gets that).
+        filesystem, path = loop_config["recovered_checkpoint"]
+        checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             global_step, history = restore_checkpoint(Path(folder), model, optimizer, scheduler)

@@ -8,7 +8,10 @@ a worker writes goes through Ray Train's storage (`OUTPUT/checkpoints`; OUTPUT m
 as `s3://bucket/run/train-sft`, `advdistill.storage`), so the same code works on a laptop and on a
 cluster; at the end the driver copies the last checkpoint's transformers export to
 `OUTPUT/final` and its metrics to `OUTPUT/metrics.jsonl` (`TrainOutput`), from wherever the
-storage is. Rerunning with the same output continues from the latest checkpoint.
+storage is. Rerunning with the same output continues from the latest checkpoint: the same run only
+(`claim_training`, `advdistill.rerun`), from the newest complete checkpoint folder where Ray
+Train's own record of them is broken (`train.recovery`). Before Ray Data reads the groups, every
+shard is opened on the driver: footers, ids (none in two shards), pages (checksums verified).
 
 Data ingest: no worker holds the whole table. The tokenised groups stay in Ray's object store;
 each epoch is its own dataset, the groups in that epoch's order (`epoch_order`, a seeded
@@ -30,11 +33,16 @@ from typing import Any
 import pyarrow as pa
 
 from advdistill.config import ExperimentConfig, dump_config
-from advdistill.curate.store import CurateOutput, shard_files
+from advdistill.curate.store import (BadShard, CurateOutput, DuplicateGroups, GroupsTable,  # noqa: F401 - re-exported
+                                     open_groups, shard_files)
+from advdistill.fingerprint import train_fingerprint
+from advdistill.rerun import claim
 from advdistill.schema import TokenisedGroup, arrow_schema, from_arrow, to_arrow
 from advdistill.storage import PathLike, copy_tree, filesystem, local_model, location, resolved
+from advdistill.train.checkpointing import dtype_name, export_dtype
 from advdistill.train.collate import student_end_of_turn_id, tokenize_group
 from advdistill.train.loop import HF_EXPORT, METRICS_FILE, VAL_DATASET, injected_failure_step, train_loop
+from advdistill.train.recovery import recover
 
 
 class TrainOutput:
@@ -51,34 +59,40 @@ class TrainOutput:
     def is_complete(self) -> bool:
         return self.final.is_dir() and self.result.is_file()
 
+    def owned(self) -> list[PathLike]:
+        """What a training run writes here (what `--restart` removes, `advdistill.rerun`)."""
+        return [self.checkpoints, self.final, self.metrics, self.result, self.config]
 
-def groups_folder(path: str | PathLike) -> PathLike:
-    """Accept the curate output folder or its `groups/` folder (a path or a URI)."""
+
+def open_training_groups(path: str | PathLike, *, pages: bool = False) -> GroupsTable:
+    """The groups table of a curate output folder or of its `groups/` folder (a path or a URI),
+    opened before any worker starts: every shard's footer and ids read (`curate.store.open_groups`:
+    `BadShard`, `DuplicateGroups`); `pages`: every page read and verified too (one pass over the
+    table on the driver)."""
     path = location(path)
     folder = CurateOutput(path).groups if CurateOutput(path).groups.is_dir() else path
     if not shard_files(folder):
         raise FileNotFoundError(f"no groups table (*.parquet) in {folder}")
-    check_shards(folder)
-    return folder
+    return open_groups(folder, pages=pages)
 
 
-class BadShard(ValueError):
-    """A groups file that is not a readable Parquet file (truncated, corrupted); names it."""
+def groups_folder(path: str | PathLike) -> PathLike:
+    """Accept the curate output folder or its `groups/` folder; checked as `open_training_groups`."""
+    return open_training_groups(path).folder
 
 
-def check_shards(folder: PathLike) -> None:
-    """Every `*.parquet` in `folder` has a readable footer (a truncated copy has none): raises
-    `BadShard` naming the file, before Ray Data reads it with an error that does not."""
-    import pyarrow.parquet as pq  # pyarrow.parquet: only to check shards
-
-    for path in shard_files(folder):
-        try:
-            fs, fs_path = filesystem(path)
-            with fs.open_input_file(fs_path) as handle:
-                pq.ParquetFile(handle).close()
-        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError: all mean the same here
-            raise BadShard(f"groups file {path} is not a readable Parquet file ({type(err).__name__}: {err}); "
-                           "remove or regenerate it (a rerun of curation rewrites missing shards)") from None
+def claim_training(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike, *,
+                   student: str | None = None, restart: bool = False,
+                   pages: bool = False) -> tuple[TrainOutput, GroupsTable, str]:
+    """Before Ray starts: open the groups table (`pages`: verify every page too), then make
+    `output` this run's (`advdistill.rerun`: resume the same run, refuse another naming the fields
+    that differ, or `restart`). Returns the output, the table and the student, resolved."""
+    table = open_training_groups(groups, pages=pages)
+    student = student or cfg.student
+    student = str(Path(student).resolve()) if Path(student).exists() else student
+    out = TrainOutput(resolved(output))
+    claim(out.folder, train_fingerprint(cfg, student, table.identity), out.owned, restart=restart)
+    return out, table, student
 
 
 @lru_cache(maxsize=4)
@@ -124,9 +138,11 @@ def training_contract(flags: list[dict[str, Any]], cfg: ExperimentConfig) -> dic
 
 
 def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike, *,
-          student: str | None = None, step_logger: dict[str, str] | None = None) -> dict[str, Any]:
+          student: str | None = None, step_logger: dict[str, str] | None = None,
+          restart: bool = False) -> dict[str, Any]:
     """Train a student on a groups table; returns the final metrics (also in the output).
-    `step_logger` ({uri, run_id}, `advdistill.run.tracking`): rank 0 logs every step to that MLflow run."""
+    `step_logger` ({uri, run_id}, `advdistill.run.tracking`): rank 0 logs every step to that MLflow run.
+    An output of another run is refused before Ray starts, unless `restart` (`claim_training`)."""
     import ray  # Ray Data and Ray Train: the run folders and the report read TrainOutput without Ray
     import ray.train
     from ray.data.expressions import col
@@ -134,14 +150,13 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
 
     from advdistill.train.ingest import EpochSplits, epoch_datasets, epochs_to_run
 
-    out = TrainOutput(resolved(output))
-    out.folder.mkdir(parents=True, exist_ok=True)
+    out, groups_table, student = claim_training(cfg, groups, output, student=student, restart=restart, pages=True)
     out.config.write_text(dump_config(cfg))
-    student = student or cfg.student
-    student = str(Path(student).resolve()) if Path(student).exists() else student
+    # Ray Train's record of its checkpoints, checked before it reads it (train.recovery).
+    recovered = recover(out.checkpoints)
 
     # Ray gets the file system itself (credentials, endpoint), not just a URI to re-resolve.
-    groups_fs, groups_path = filesystem(groups_folder(groups))
+    groups_fs, groups_path = filesystem(groups_table.folder)
     table = ray.data.read_parquet(groups_path, filesystem=groups_fs)
     storage_fs, storage_path = filesystem(out.folder)
     tokenized = table.map_batches(_tokenize_batch, fn_kwargs={"cfg": cfg, "student": student},
@@ -174,7 +189,8 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "student": student,
                            "train_groups": data["train_groups"], "val_groups": data["val_groups"],
-                           "step_logger": step_logger, "fail_at_step": injected_failure_step()},
+                           "step_logger": step_logger, "fail_at_step": injected_failure_step(),
+                           "recovered_checkpoint": recovered.for_workers() if recovered else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": res.cpus_per_worker, **res.custom_resources},
@@ -192,16 +208,30 @@ def train(cfg: ExperimentConfig, groups: str | PathLike, output: str | PathLike,
         dataset_config=EpochSplits(),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
+    if result.checkpoint is not None:
+        checkpoint = (result.checkpoint.filesystem, result.checkpoint.path)
+    elif recovered is not None:  # resumed at the last step: nothing left to run, the recovered one is final
+        checkpoint = recovered.for_workers()
+    else:
         raise RuntimeError("training finished without a checkpoint")
     # The checkpoint is on Ray Train's storage (shared: any node may have written it); copied
     # from there, file system to file system, not through a node's local disk.
-    checkpoint = (result.checkpoint.filesystem, result.checkpoint.path)
     copy_tree((checkpoint[0], f"{checkpoint[1]}/{HF_EXPORT}"), out.final)
     with checkpoint[0].open_input_stream(f"{checkpoint[1]}/{METRICS_FILE}") as stream:
         out.metrics.write_bytes(stream.read())
     # The last step's figures, less its per-step counts: the run's totals replace them.
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k not in ("groups", "truncated_responses")}
+    last = result.metrics or _last_step(checkpoint)
+    metrics = {k: v for k, v in last.items() if k not in ("groups", "truncated_responses")}
+    metrics.setdefault("export_dtype", dtype_name(export_dtype(tc.export_dtype, tc.bf16, use_gpu)))
     metrics.update({**data, "mode": cfg.train.method, "student": student})
     out.result.write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def _last_step(checkpoint: tuple[Any, str]) -> dict[str, Any]:
+    """The last step's figures from a checkpoint's metrics history (a recovered run that had no
+    step left to run reported none)."""
+    fs, path = checkpoint
+    with fs.open_input_stream(f"{path}/{METRICS_FILE}") as stream:
+        lines = [line for line in stream.read().decode().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
