@@ -87,6 +87,12 @@ def test_held_sums_each_lease_to_half_a_heartbeat_and_counts_the_most_at_once():
     assert figures.accelerator_seconds == pytest.approx(61 + 2 * 70 + 9.5)
     assert figures.actor_seconds == pytest.approx(61 + 70 + 9.5)
     assert (figures.actors_started, figures.most_actors_at_once) == (3, 2)
+    # A restart whose process starts within the half heartbeat a is counted past its last beat:
+    # both held GPUs then (so both are summed), but they were never surely alive at once.
+    leases["c"] = (1, 160.5, 170.0)
+    figures = held(leases, now=200.0, heartbeat_s=2.0)
+    assert figures.accelerator_seconds == pytest.approx(61 + 2 * 70 + 10.5)
+    assert figures.most_actors_at_once == 2
     assert held({}, now=1.0).as_dict() == {"accelerator_seconds": 0, "actor_seconds": 0, "actors_started": 0,
                                            "most_actors_at_once": 0}
 

@@ -2,8 +2,8 @@
 
 A pool on an autoscaling cluster grows and shrinks while a stage runs, so no snapshot of the
 cluster's GPUs says what the stage cost. Each generation actor reports itself to the stage's
-ledger instead: when its constructor begins (the engine's load holds the GPUs too), with the GPUs
-Ray assigned it, and every `HEARTBEAT_S` after, until its process ends — however it ends (the pool
+ledger instead: from its worker process's start (imports and the engine's load hold the GPUs
+too), with the GPUs Ray assigned it, and every `HEARTBEAT_S` after, until its process ends — however it ends (the pool
 shrinks, the stage finishes, a node is lost, the actor is killed and restarted). An actor's
 lifetime is from its start to midway between its last heartbeat and the one it did not send, so
 each is counted to within `HEARTBEAT_S / 2`; a restarted actor reports again as a new lease.
@@ -41,10 +41,13 @@ class Held:
 def held(leases: Mapping[str, Sequence[float]], now: float, heartbeat_s: float = HEARTBEAT_S) -> Held:
     """Figures of `leases` (key -> (gpus, start, last heartbeat), seconds since the epoch) as of
     `now`: each lease ends half a heartbeat after its last one, or now if that is later than now."""
-    spans = []
+    spans, certain = [], []
     for gpus, start, last in leases.values():
         spans.append((gpus, start, max(start, min(last + heartbeat_s / 2, now))))
-    events = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
+        certain.append((start, max(start, min(last, now))))  # alive for sure: until its last heartbeat
+    # At once: over the spans each lease was surely alive (a restarted actor's new process may start
+    # within the half heartbeat its predecessor is counted beyond its last beat).
+    events = sorted([(start, 1) for start, _ in certain] + [(end, -1) for _, end in certain])
     alive = most = 0
     for _, change in events:  # ends sort before starts at the same instant: touching spans do not overlap
         alive += change
@@ -104,11 +107,11 @@ class Ledger:
         self.close()
 
 
-def report_lease(handle: Any, gpus: float) -> str:
-    """From inside an actor: start its lease now and keep it alive with heartbeats from a daemon
-    thread for as long as the process lives. Returns the lease's key."""
+def report_lease(handle: Any, gpus: float, start: float | None = None) -> str:
+    """From inside an actor: start its lease at `start` (default now) and keep it alive with
+    heartbeats from a daemon thread for as long as the process lives. Returns the lease's key."""
     key = uuid.uuid4().hex
-    handle.started.remote(key, gpus, time.time())
+    handle.started.remote(key, gpus, time.time() if start is None else start)
 
     def beat() -> None:
         while True:
