@@ -116,12 +116,18 @@ def survived(tmp_path_factory):
 
         checkpoints = output / "train-advdistill" / "checkpoints"
 
-        def checkpoint_written():
-            # a checkpoint folder, not just Ray Train's snapshot file (written before any step)
-            return checkpoints.is_dir() and any(c.is_dir() for c in checkpoints.glob("checkpoint_*")) and not (
-                output / "train-advdistill" / "result.json").is_file()
+        def checkpoint_registered():
+            # A checkpoint Ray Train's controller has registered (its snapshot names it), not only a
+            # folder a worker has written: a worker frozen between its upload and the controller's
+            # next poll restarts from step 0, rightly, since no checkpoint was reported.
+            try:
+                snapshot = json.loads((checkpoints / "checkpoint_manager_snapshot.json").read_text())
+            except (OSError, ValueError):  # not written yet, or caught mid-write (Ray writes it in place)
+                return False
+            latest = snapshot.get("latest_checkpoint_result") or {}
+            return bool(latest.get("checkpoint_dir_name")) and not (output / "train-advdistill" / "result.json").is_file()
 
-        wait_for(checkpoint_written, "a training checkpoint", client, job, 400)
+        wait_for(checkpoint_registered, "a registered training checkpoint", client, job, 400)
         # Frozen at once (SIGSTOP), so training cannot run on to its end while the node's
         # processes are listed and killed: the kill must land mid-training on any machine.
         freeze_nodes(nodes[1])
