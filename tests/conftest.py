@@ -86,6 +86,22 @@ def ray_cluster():
         stop_nodes(temp_dir)  # this cluster's processes only: `ray stop` would end every Ray process here
 
 
+@pytest.fixture
+def closing():
+    """`closing(engine)` returns the engine and closes it when the test ends, passed or failed: a
+    vLLM engine's step loop keeps it alive, and one destroyed later, at a garbage collection,
+    tears down vLLM's process-global state under whichever engine runs then."""
+    engines = []
+
+    def keep(engine):
+        engines.append(engine)
+        return engine
+
+    yield keep
+    for engine in reversed(engines):
+        engine.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     from advdistill.config import load_config

@@ -23,15 +23,14 @@ def test_random_teacher_has_qwen_dimensions_and_the_tiny_tokenizer(tmp_path):
     assert (folder / "tokenizer.json").is_file() and not (folder / "model.safetensors").exists()
 
 
-def test_vllm_random_weights_generate_fixed_lengths(tmp_path):
+def test_vllm_random_weights_generate_fixed_lengths(tmp_path, closing):
     folder = random_teacher.write("smoke", tmp_path / "teacher")  # Qwen2.5's vocabulary, beyond the tokenizer's
-    engine = VLLMEngine(str(folder), EngineConfig(max_model_len=256, load_format="dummy"))
+    engine = closing(VLLMEngine(str(folder), EngineConfig(max_model_len=256, load_format="dummy")))
     outputs = engine.generate(["2 + 2 =", "Tom has 3 apples."], GenerationParams(n=3, temperature=0.9, max_tokens=24,
                                                                                  ignore_eos=True), seeds=[1, 2])
     assert [len(outs) for outs in outputs] == [3, 3]
     assert all(o.num_tokens == 24 and o.finish_reason == "length" and isinstance(o.text, str)
                for outs in outputs for o in outs)
-    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates
 
 
 def test_transformers_engine_ignore_eos_and_no_dummy_weights(tiny_cfg, tiny_tokenizer):

@@ -86,8 +86,8 @@ def test_transformers_engine_stops_at_the_end_of_turn(base_like_teacher, prompts
     assert all(o.finish_reason == "length" and o.num_tokens == MAX_TOKENS for o in cut), cut
 
 
-def test_vllm_engine_stops_at_the_end_of_turn(base_like_teacher, prompts, tiny_cfg):
-    engine = VLLMEngine(str(base_like_teacher), tiny_cfg.eval.engine)
+def test_vllm_engine_stops_at_the_end_of_turn(base_like_teacher, prompts, tiny_cfg, closing):
+    engine = closing(VLLMEngine(str(base_like_teacher), tiny_cfg.eval.engine))
     assert engine.tokenizer.eos_token == ENDOFTEXT
     outputs = [outs[0] for outs in engine.generate(prompts, GenerationParams(max_tokens=MAX_TOKENS))]
     assert all(o.finish_reason == "stop" and o.num_tokens < MAX_TOKENS / 2 for o in outputs), outputs
@@ -100,4 +100,3 @@ def test_vllm_engine_stops_at_the_end_of_turn(base_like_teacher, prompts, tiny_c
     # Fixed-length benchmarks (ignore_eos) still generate max_tokens: the end-of-turn stop is lifted too.
     [[fixed]] = engine.generate(prompts[:1], GenerationParams(max_tokens=MAX_TOKENS, ignore_eos=True))
     assert fixed.num_tokens == MAX_TOKENS and fixed.finish_reason == "length"
-    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates

@@ -117,13 +117,12 @@ def test_seeding_per_prompt_repeats_samples_and_per_batch_does_not(engine, tiny_
 # the module's engine (the hung-engine test runs its engine in a process of its own).
 
 
-def test_a_closed_loop_refuses_calls_instead_of_hanging(tiny_cfg, prompts_and_seeds):
+def test_a_closed_loop_refuses_calls_instead_of_hanging(tiny_cfg, prompts_and_seeds, closing):
     prompts, seeds = prompts_and_seeds
-    engine = VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine, continuous=True)
+    engine = closing(VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine, continuous=True))
     engine.step_loop.close()
     with pytest.raises(EngineLoopError):
         engine.generate(prompts[:1], PARAMS, seeds[:1])
-    engine.close()
 
 
 def test_the_installed_vllm_has_what_the_step_loop_calls():

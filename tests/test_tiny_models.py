@@ -46,7 +46,7 @@ def _judged(engine, records, prompts, params, seeds=None):
 
 
 @pytest.mark.slow
-def test_accuracy_bands_the_demo_relies_on(tiny_cfg, tiny_tokenizer):
+def test_accuracy_bands_the_demo_relies_on(tiny_cfg, tiny_tokenizer, closing):
     """The builder's contract (the model cards have the 1,000-item figures): a teacher strong but
     imperfect — >= 80% greedy on test, mixed groups when sampling, clearly worse out of
     distribution — and a student base with headroom, 10-40% greedy on test. 300 items each, so a
@@ -58,7 +58,7 @@ def test_accuracy_bands_the_demo_relies_on(tiny_cfg, tiny_tokenizer):
     greedy = GenerationParams(n=1, temperature=0.0, max_tokens=tiny_cfg.curate.sampling.max_tokens)
     accuracy = {}
     for name, folder in (("teacher", TINY_TEACHER), ("student", TINY_STUDENT)):
-        engine = VLLMEngine(str(folder), tiny_cfg.curate.engine)
+        engine = closing(VLLMEngine(str(folder), tiny_cfg.curate.engine))
         for split, records in (("test", test), ("ood", ood)):
             hits = _judged(engine, records, prompts_of(records), greedy)
             accuracy[name, split] = sum(h[0] for h in hits) / len(hits)
@@ -66,7 +66,7 @@ def test_accuracy_bands_the_demo_relies_on(tiny_cfg, tiny_tokenizer):
             sampled = GenerationParams(n=8, temperature=0.9, max_tokens=tiny_cfg.curate.sampling.max_tokens)
             groups = _judged(engine, test[:64], prompts_of(test[:64]), sampled, seeds=list(range(64)))
             mixed = sum(0 < sum(g) < 8 for g in groups) / len(groups)
-        engine.close()  # its step loop holds the LLM: destroyed now, not while the next engine generates
+        engine.close()  # before the next engine starts (closing it again at the end does nothing)
     assert accuracy["teacher", "test"] >= 0.80, accuracy
     assert accuracy["teacher", "ood"] <= accuracy["teacher", "test"] - 0.3, accuracy
     assert 0.10 <= accuracy["student", "test"] <= 0.40, accuracy
@@ -89,13 +89,12 @@ def test_transformers_engine_generates_in_the_template(problems, tiny_cfg):
     assert [[o.text for o in outs] for outs in again] == [[o.text for o in outs] for outs in outputs]
 
 
-def test_vllm_engine_teacher_accuracy_guard(problems, tiny_cfg):
+def test_vllm_engine_teacher_accuracy_guard(problems, tiny_cfg, closing):
     """32 test problems × 8 samples at temperature 0.9: per-sample accuracy above 50% (80% measured)."""
     records, prompts = problems
-    engine = VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine)
+    engine = closing(VLLMEngine(str(TINY_TEACHER), tiny_cfg.curate.engine))
     outputs = engine.generate(prompts, GenerationParams(n=8, temperature=0.9, max_tokens=160), seeds=list(range(32)))
     texts = [(o.text, r["reference"]) for r, outs in zip(records, outputs) for o in outs]
     assert sum(format_reward(t) for t, _ in texts) / len(texts) >= 0.95
     accuracy = sum(is_correct(t, ref, "synthetic") for t, ref in texts) / len(texts)
-    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates
     assert accuracy > 0.5, accuracy

@@ -69,7 +69,7 @@ def test_training_lowers_the_loss(mode, advdistill_run, ray_cluster, groups, tok
     assert steps == list(range(1, 7))
 
 
-def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_cfg):
+def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_cfg, closing):
     out, metrics, _ = advdistill_run
     final = out / "final"
     # train.export_dtype "training": the dtype the CPU workers computed in, stated in result.json
@@ -83,11 +83,10 @@ def test_checkpoint_export_loads_in_transformers_and_vllm(advdistill_run, tiny_c
     from advdistill.generation.base import GenerationParams
     from advdistill.generation.engines import VLLMEngine
 
-    engine = VLLMEngine(str(final), tiny_cfg.eval.engine)
+    engine = closing(VLLMEngine(str(final), tiny_cfg.eval.engine))
     [[completion]] = engine.generate(["<|im_start|>user\nTom has 3 apples. He buys 2 more. How many apples does Tom "
                                       "have now?<|im_end|>\n<|im_start|>assistant\n"], GenerationParams(max_tokens=64))
     assert completion.num_tokens > 0 and completion.text
-    engine.close()  # a step loop keeps its engine alive: destroyed now, not while another one generates
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed"])

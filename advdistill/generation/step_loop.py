@@ -110,6 +110,7 @@ class StepLoop:
         self._stall_timeout_s, self._stall_at_step = stall_timeout_s, stall_at_step
         self._thread = threading.Thread(target=self._run, name="vllm-step-loop", daemon=True)
         self._thread.start()
+        self._closing = threading.Event()  # wakes the watchdog at once when the loop is closed
         self._watchdog: threading.Thread | None = None
         if stall_timeout_s is not None:
             self._watchdog = threading.Thread(target=self._watch, name="vllm-step-watchdog", daemon=True)
@@ -172,6 +173,7 @@ class StepLoop:
         engine is destroyed when its owner drops it, not a second later in the watchdog's thread
         (vLLM's teardown clears process-global state another engine may be starting with)."""
         self._inbox.put(_STOP)
+        self._closing.set()
         self._thread.join(timeout=30)
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join(timeout=30)
@@ -180,7 +182,8 @@ class StepLoop:
         """Fail the loop once a step has run for longer than `stall_timeout_s`."""
         timeout = self._stall_timeout_s
         while self._broken is None and self._thread.is_alive():
-            time.sleep(min(1.0, timeout / 4))
+            if self._closing.wait(min(1.0, timeout / 4)):
+                return
             started = self._step_started
             if started is None or time.monotonic() - started <= timeout:
                 continue
